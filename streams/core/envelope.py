@@ -1,0 +1,74 @@
+"""Turn a recorded event envelope into a ``TaskEvent``, or say precisely what is wrong with it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from streams.core.model import EventKind, Rejected, Stage, TaskEvent
+from streams.core.validation import envelope_check, event_check
+
+_KINDS = {f"task-{kind.value}": kind for kind in EventKind}
+
+
+def exchange_kind(exchange: str) -> EventKind | None:
+    """``.../task-pending`` -> PENDING; the exchange prefix is the deployment's business, only the last word counts."""
+    return _KINDS.get(exchange.rpartition("/")[2])
+
+
+def parse_envelope(raw: object, default_root_url: str | None = None) -> TaskEvent | Rejected:
+    """Check the envelope and the message body for its exchange; a TaskEvent or a Rejected(ENVELOPE)."""
+    problem = envelope_check().errors(raw)
+    if problem is not None:
+        return _reject(raw, problem)
+    assert isinstance(raw, Mapping)  # the envelope schema says it is an object
+    exchange: str = raw["exchange"]
+    kind = exchange_kind(exchange)
+    if kind is None:
+        expected = ", ".join(f"task-{k.value}" for k in EventKind)
+        return _reject(raw, f"exchange: {exchange!r} is not a task exchange (its name must end with /{{{expected}}})")
+    root_url = raw.get("rootUrl") or default_root_url
+    if not root_url:
+        return _reject(raw, "rootUrl: missing, and no default root URL is configured")
+    payload = raw["payload"]
+    problem = event_check(kind.value).errors(payload, "payload")
+    if problem is not None:
+        return _reject(raw, problem)
+
+    runs = payload["status"]["runs"]
+    run_id: int | None = payload.get("runId")
+    for index, run in enumerate(runs):
+        if run["runId"] != index:
+            return _reject(raw, f"payload.status.runs[{index}].runId: {run['runId']} should be {index}")
+    if run_id is None and kind is EventKind.EXCEPTION and runs:
+        run_id = len(runs) - 1  # an exception message without runId is about the latest run
+    if run_id is not None and run_id >= len(runs):
+        return _reject(raw, f"payload.runId: run {run_id} is not in payload.status.runs ({len(runs)} runs)")
+
+    return TaskEvent(
+        exchange=exchange,
+        kind=kind,
+        routing_key=raw["routingKey"],
+        root_url=root_url.rstrip("/"),
+        task_id=payload["status"]["taskId"],
+        run_id=run_id,
+        payload=payload,
+    )
+
+
+def _reject(raw: object, reason: str) -> Rejected:
+    return Rejected(task_id=_task_id_of(raw), reason=reason, stage=Stage.ENVELOPE)
+
+
+def _task_id_of(raw: object) -> str | None:
+    """The taskId when the envelope is sound enough to tell it (for the rejected record), else None."""
+    if not isinstance(raw, Mapping):
+        return None
+    payload = raw.get("payload")
+    status = payload.get("status") if isinstance(payload, Mapping) else None
+    task_id = status.get("taskId") if isinstance(status, Mapping) else None
+    if isinstance(task_id, str) and len(task_id) <= 64:
+        return task_id
+    key = raw.get("routingKey")
+    if isinstance(key, str) and key.startswith("primary."):
+        return key.split(".")[1] or None
+    return None

@@ -1,0 +1,28 @@
+"""Message profiles: how JobFacts become the message a destination expects, and how that message is checked.
+
+A profile is chosen per destination (``Rules.profile``). The rules that decide whether an event becomes a
+job live in ``transform``; a new format only adds an entry here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from streams.core import pulse_job
+from streams.core.facts import JobFacts
+from streams.core.validation import job_errors
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    build: Callable[[JobFacts], dict[str, Any]]
+    errors: Callable[[Any], str | None]  # None when the built message is valid, else a reason with the field path
+
+
+PROFILES: Mapping[str, Profile] = MappingProxyType(
+    {"treeherder": Profile("treeherder", pulse_job.build_job, job_errors)}
+)

@@ -1,0 +1,118 @@
+"""The ``treeherder`` profile: a job message in Treeherder's current pulse-job format."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import slugid
+
+from streams.core.facts import JobFacts
+from streams.core.model import EventKind
+
+JOB_NAME_LIMIT = 139
+RESULTS = {"completed": "success", "failed": "fail"}
+EXCEPTION_RESULTS = frozenset({"canceled", "superseded"})
+_RESOLVED = (EventKind.COMPLETED, EventKind.FAILED, EventKind.EXCEPTION)
+
+
+def job_state(facts: JobFacts) -> str:
+    if facts.kind is EventKind.DEFINED or facts.run is None:
+        return "unscheduled"
+    state = facts.run["state"]
+    return "completed" if state in ("failed", "exception") else state
+
+
+def job_result(facts: JobFacts) -> str:
+    if facts.kind is EventKind.DEFINED or facts.run is None:
+        return "unknown"
+    state = facts.run["state"]
+    if state == "exception":
+        reason = facts.run.get("reasonResolved")
+        return reason if reason in EXCEPTION_RESULTS else "exception"
+    return RESULTS.get(state, "unknown")
+
+
+def job_labels(config: Any) -> list[str]:
+    labels = config.get("labels")
+    if labels:
+        return list(labels)
+    collection = config.get("collection")
+    if isinstance(collection, Mapping) and collection:
+        return list(collection)
+    return ["opt"]
+
+
+def task_uuid(task_id: str) -> str:
+    return slugid.decode(task_id)
+
+
+def build_job(facts: JobFacts) -> dict[str, Any]:
+    """The pulse-job message for ``facts`` (validated by the caller)."""
+    task = facts.task
+    metadata = task["metadata"]
+    config = facts.config
+    run = facts.run
+    route = facts.route
+
+    display: dict[str, Any] = {
+        "jobSymbol": str(config["symbol"]),
+        "groupSymbol": config.get("groupSymbol", "?"),
+        "jobName": metadata["name"][:JOB_NAME_LIMIT],
+    }
+    if "groupName" in config:
+        display["groupName"] = config["groupName"]
+
+    machine = config.get("machine") or {}
+    job: dict[str, Any] = {
+        "buildSystem": "taskcluster",
+        "owner": metadata["owner"],
+        "taskId": f"{task_uuid(facts.event.task_id)}/{facts.run_id}",
+        "retryId": facts.run_id,
+        "isRetried": False,
+        "display": display,
+        "state": job_state(facts),
+        "result": job_result(facts),
+        "tier": config.get("tier", 1),
+        "timeScheduled": task["created"],
+        "jobKind": config.get("jobKind", "other"),
+        "reason": config.get("reason", "scheduled"),
+        "jobInfo": {"links": [], "summary": metadata["description"]},
+        "origin": {"project": route.project, "revision": route.revision, "id": route.push_id},
+        "labels": job_labels(config),
+        "buildMachine": {
+            "name": (run.get("workerId") if run is not None else None) or "unknown",
+            "platform": machine.get("platform") or worker_type(task),
+            "os": machine.get("os") or "-",
+            "architecture": machine.get("architecture") or "-",
+        },
+        "version": 1,
+    }
+    if "productName" in config:
+        job["productName"] = config["productName"]
+
+    kind = facts.kind
+    if kind is EventKind.RUNNING:
+        job["timeStarted"] = run["started"]
+    elif kind in _RESOLVED:
+        if kind is EventKind.EXCEPTION:
+            if "started" in run:
+                job["timeStarted"] = run["started"]
+            job["logs"] = []
+            job["isRetried"] = facts.is_retried
+        else:
+            job["timeStarted"] = run["started"]
+            job["logs"] = [{"name": "live_backing_log", "url": facts.log_url}]
+        job["timeCompleted"] = run["resolved"]
+        job["jobInfo"]["links"] = [
+            {"label": "artifact uploaded", "linkText": link.text, "url": link.url} for link in facts.artifact_links
+        ]
+    return job
+
+
+def worker_type(task: Any) -> str:
+    """The task's workerType, or the worker type half of its taskQueueId on newer deployments."""
+    value = task.get("workerType")
+    if isinstance(value, str) and value:
+        return value
+    return str(task.get("taskQueueId", "")).partition("/")[2]

@@ -1,0 +1,151 @@
+"""The rules that turn one task event into job messages, or into a precise reason why not.
+
+Pure: the caller brings the event, the task definition (Queue ``task()``) and, for resolved runs, the run's
+full artifact listing (every page) or ``ListingFailed``. Every caller (stream worker, ``transform`` command,
+replays, benchmarks) goes through ``transform``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from streams.core.facts import BadListing, JobFacts, artifact_links
+from streams.core.model import EventKind, Ignored, JobMessage, Jobs, ListingFailed, Outcome, Rejected, Stage, TaskEvent
+from streams.core.profiles import PROFILES
+from streams.core.routes import RouteProblem, TreeherderRoute, select_route
+from streams.core.rules import Rules
+from streams.core.validation import config_errors
+
+_RESOLVED = (EventKind.COMPLETED, EventKind.FAILED, EventKind.EXCEPTION)
+_RESOLVED_STATES = frozenset({"completed", "failed", "exception"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Cleared:
+    """Preflight passed: the parsed route and the validated config."""
+
+    route: TreeherderRoute
+    config: Mapping[str, Any]
+
+
+def preflight(event: TaskEvent, task: Mapping[str, Any], rules: Rules) -> Ignored | Rejected | None:
+    """Whether this event can become a job at all; None means go on (then fetch artifacts, then transform)."""
+    checked = _check(event, task, rules)
+    return None if isinstance(checked, _Cleared) else checked
+
+
+def artifacts_run(event: TaskEvent) -> int | None:
+    """The run whose artifact listing the job needs: a resolved run of a completed/failed/exception event."""
+    if event.kind not in _RESOLVED or event.run_id is None:
+        return None
+    run = event.run
+    if run is None or run["state"] not in _RESOLVED_STATES or _created_as_exception(event):
+        return None
+    return event.run_id
+
+
+def transform(
+    event: TaskEvent,
+    task: Mapping[str, Any],
+    artifacts: Sequence[Mapping[str, Any]] | ListingFailed | None,
+    rules: Rules,
+) -> Outcome:
+    """Job messages for this event (one per destination), or Ignored/Rejected with the reason."""
+    checked = _check(event, task, rules)
+    if not isinstance(checked, _Cleared):
+        return checked
+    route = checked.route
+    task_id = event.task_id
+    run_id = event.run_id or 0
+    listing = artifacts if artifacts_run(event) is not None else None
+    try:
+        links = artifact_links(event.root_url, task_id, run_id, listing)
+    except BadListing as problem:
+        return Rejected(task_id, f"artifact listing of run {run_id}: {problem}", Stage.JOB)
+    facts = JobFacts(
+        event=event,
+        task=task,
+        route=route,
+        destination=rules.destination(route.prefix),
+        config=checked.config,
+        run_id=run_id,
+        run=None if event.kind is EventKind.DEFINED else event.run,
+        artifact_links=links,
+        listing_failure=listing.reason if isinstance(listing, ListingFailed) else None,
+    )
+    profile = PROFILES[rules.profile(route.prefix)]
+    job = profile.build(facts)
+    problem = profile.errors(job)
+    if problem is not None:
+        return Rejected(task_id, f"job message is not valid {profile.name} format: {problem}", Stage.JOB)
+    destination = facts.destination
+    project = route.project
+    return Jobs((JobMessage(destination, project, f"{destination}.{project}._", job),))
+
+
+def _check(event: TaskEvent, task: Mapping[str, Any], rules: Rules) -> _Cleared | Ignored | Rejected:
+    task_id = event.task_id
+    if not isinstance(task, Mapping):
+        return Rejected(task_id, f"task: expected an object, got {type(task).__name__}", Stage.TASK)
+    routes = task.get("routes", [])
+    if not isinstance(routes, list) or not all(isinstance(route, str) for route in routes):
+        return Rejected(task_id, "task.routes: expected a list of strings", Stage.TASK)
+    try:
+        route = select_route(routes, rules)
+    except RouteProblem as problem:
+        if problem.ignore:
+            return Ignored(task_id, problem.reason, Stage.ROUTE)
+        return Rejected(task_id, problem.reason, Stage.ROUTE)
+    if route.prefix in rules.disabled_prefixes:
+        return Ignored(task_id, f"destination {rules.destination(route.prefix)!r} is disabled", Stage.ROUTE)
+
+    problem = _task_shape(task)
+    if problem is not None:
+        return Rejected(task_id, problem, Stage.TASK)
+
+    extra = task.get("extra", {})
+    config = extra.get("treeherder")
+    if config is None:
+        return Ignored(task_id, "task has no extra.treeherder section", Stage.CONFIG)
+    problem = config_errors(config)
+    if problem is not None:
+        return Rejected(task_id, problem, Stage.CONFIG)
+
+    if event.kind is not EventKind.DEFINED and event.run is None:
+        return Ignored(task_id, f"task-{event.kind.value} names no run of the task: nothing to report", Stage.JOB)
+    if _created_as_exception(event):
+        return Ignored(
+            task_id,
+            f"run {event.run_id} was created as an exception (e.g. deadline exceeded before it ran): no job",
+            Stage.JOB,
+        )
+    return _Cleared(route, config)
+
+
+def _created_as_exception(event: TaskEvent) -> bool:
+    if event.kind is not EventKind.EXCEPTION:
+        return False
+    run = event.run
+    return run is not None and run["reasonCreated"] == "exception"
+
+
+_STRING_FIELDS = (("metadata", "name"), ("metadata", "description"), ("metadata", "owner"), ("created",))
+
+
+def _task_shape(task: Mapping[str, Any]) -> str | None:
+    """The fields the job is built from, checked where a wrong type would otherwise surface as a crash."""
+    metadata = task.get("metadata")
+    if not isinstance(metadata, Mapping):
+        return "task.metadata: expected an object"
+    for path in _STRING_FIELDS:
+        value = metadata.get(path[1]) if path[0] == "metadata" else task.get(path[0])
+        if not isinstance(value, str):
+            return f"task.{'.'.join(path)}: expected a string, got {type(value).__name__}"
+    extra = task.get("extra", {})
+    if not isinstance(extra, Mapping):
+        return "task.extra: expected an object"
+    if not isinstance(task.get("workerType"), str) and not isinstance(task.get("taskQueueId"), str):
+        return "task.workerType: expected a string (or task.taskQueueId)"
+    return None
