@@ -1,0 +1,1 @@
+"""Tools for developing and testing tc-treeherder without a real Taskcluster deployment."""
