@@ -1,0 +1,15 @@
+"""Test-suite wide hooks: everything under tests/integration/ is an integration test (real brokers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+INTEGRATION_DIR = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION_DIR in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.integration)
