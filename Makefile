@@ -1,0 +1,39 @@
+# The two commands a newcomer needs: `make demo` (the bridge on a simulated workload) and `make test`.
+# Both set up everything they need on a fresh Debian machine and are quick when it is already there:
+# the virtualenv is reinstalled only when pyproject.toml changes; Kafka's jars are fetched once into
+# ~/.cache/tc-treeherder; RabbitMQ is installed from Debian's packages on first use.
+
+PYTHON ?= python3.11
+VENV := .venv
+STAMP := $(VENV)/.installed-pyproject
+# Extra pytest arguments: make test PYTEST_ARGS="-m 'not integration'"
+PYTEST_ARGS ?=
+
+.PHONY: test demo up down lint setup
+
+setup: $(STAMP)
+
+$(VENV)/bin/python:
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is missing: apt-get install -y python3 python3-venv" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV) || { echo "creating $(VENV) failed: apt-get install -y python3-venv" >&2; exit 1; }
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[test,dev]'
+	@cp pyproject.toml $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# Until the stream is built, the demo stops once the local stack is up. The main job is one line:
+DEMO := $(VENV)/bin/tc-treeherder up && echo "make demo: the brokers are up; the bridge itself is not built yet."
+demo: $(STAMP)
+	$(DEMO)
+
+up: $(STAMP)
+	$(VENV)/bin/tc-treeherder up
+
+down: $(STAMP)
+	$(VENV)/bin/tc-treeherder down
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
