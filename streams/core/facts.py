@@ -3,27 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import taskcluster_urls
 
-from streams.core.model import EventKind, ListingFailed, TaskEvent
+from streams.core.model import ListingFailed, TaskEvent
 from streams.core.routes import TreeherderRoute
 
 LIVE_LOG = "public/logs/live_backing.log"
 RETRY_REASONS = frozenset({"retry", "task-retry"})
 
 
-@dataclass(frozen=True, slots=True)
-class ArtifactLink:
+class ArtifactLink(NamedTuple):
     text: str  # the basename, with " (n)" when the basename was seen n times before
     url: str
 
 
-@dataclass(frozen=True, slots=True)
-class JobFacts:
-    """One event that passed the rules: the task, its Treeherder route and config, the run, the artifacts."""
+class JobFacts(NamedTuple):
+    """One event that passed the rules: the task, its Treeherder route and config, the run, the artifacts.
+
+    A NamedTuple rather than a frozen dataclass: it is built once per event on the hot path.
+    """
 
     event: TaskEvent
     task: Mapping[str, Any]
@@ -34,10 +34,6 @@ class JobFacts:
     run: Mapping[str, Any] | None  # None only for task-defined before any run exists
     artifact_links: tuple[ArtifactLink, ...]
     listing_failure: str | None
-
-    @property
-    def kind(self) -> EventKind:
-        return self.event.kind
 
     @property
     def is_retried(self) -> bool:
@@ -70,6 +66,7 @@ def artifact_links(
         return ()
     links = []
     seen: dict[str, int] = {}
+    prefix = run_artifact_url(root_url, task_id, run_id, "")  # the URL helper's layout, computed once per run
     for index, artifact in enumerate(artifacts):
         name = artifact.get("name") if isinstance(artifact, Mapping) else None
         if not isinstance(name, str) or not name:
@@ -80,5 +77,5 @@ def artifact_links(
         uses = seen.get(base, 0)
         seen[base] = uses + 1
         text = f"{base} ({uses})" if uses else base
-        links.append(ArtifactLink(text, run_artifact_url(root_url, task_id, run_id, name)))
+        links.append(ArtifactLink(text, prefix + name))
     return tuple(links)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 import slugid
@@ -16,19 +17,20 @@ EXCEPTION_RESULTS = frozenset({"canceled", "superseded"})
 _RESOLVED = (EventKind.COMPLETED, EventKind.FAILED, EventKind.EXCEPTION)
 
 
-def job_state(facts: JobFacts) -> str:
-    if facts.kind is EventKind.DEFINED or facts.run is None:
+def job_state(kind: EventKind, run: Any) -> str:
+    """The run's state, failed and exception reported as completed; unscheduled before any run."""
+    if kind is EventKind.DEFINED or run is None:
         return "unscheduled"
-    state = facts.run["state"]
+    state = run["state"]
     return "completed" if state in ("failed", "exception") else state
 
 
-def job_result(facts: JobFacts) -> str:
-    if facts.kind is EventKind.DEFINED or facts.run is None:
+def job_result(kind: EventKind, run: Any) -> str:
+    if kind is EventKind.DEFINED or run is None:
         return "unknown"
-    state = facts.run["state"]
+    state = run["state"]
     if state == "exception":
-        reason = facts.run.get("reasonResolved")
+        reason = run.get("reasonResolved")
         return reason if reason in EXCEPTION_RESULTS else "exception"
     return RESULTS.get(state, "unknown")
 
@@ -43,17 +45,17 @@ def job_labels(config: Any) -> list[str]:
     return ["opt"]
 
 
+@lru_cache(maxsize=16384)
 def task_uuid(task_id: str) -> str:
-    return slugid.decode(task_id)
+    """The taskId as Treeherder's job guids spell it; cached since every run of a task sends several events."""
+    return str(slugid.decode(task_id))
 
 
 def build_job(facts: JobFacts) -> dict[str, Any]:
     """The pulse-job message for ``facts`` (validated by the caller)."""
-    task = facts.task
+    event, task, route, _, config, run_id, run, links, _ = facts
+    kind = event.kind
     metadata = task["metadata"]
-    config = facts.config
-    run = facts.run
-    route = facts.route
 
     display: dict[str, Any] = {
         "jobSymbol": str(config["symbol"]),
@@ -67,12 +69,12 @@ def build_job(facts: JobFacts) -> dict[str, Any]:
     job: dict[str, Any] = {
         "buildSystem": "taskcluster",
         "owner": metadata["owner"],
-        "taskId": f"{task_uuid(facts.event.task_id)}/{facts.run_id}",
-        "retryId": facts.run_id,
+        "taskId": f"{task_uuid(event.task_id)}/{run_id}",
+        "retryId": run_id,
         "isRetried": False,
         "display": display,
-        "state": job_state(facts),
-        "result": job_result(facts),
+        "state": job_state(kind, run),
+        "result": job_result(kind, run),
         "tier": config.get("tier", 1),
         "timeScheduled": task["created"],
         "jobKind": config.get("jobKind", "other"),
@@ -91,7 +93,6 @@ def build_job(facts: JobFacts) -> dict[str, Any]:
     if "productName" in config:
         job["productName"] = config["productName"]
 
-    kind = facts.kind
     if kind is EventKind.RUNNING:
         job["timeStarted"] = run["started"]
     elif kind in _RESOLVED:
@@ -105,7 +106,7 @@ def build_job(facts: JobFacts) -> dict[str, Any]:
             job["logs"] = [{"name": "live_backing_log", "url": facts.log_url}]
         job["timeCompleted"] = run["resolved"]
         job["jobInfo"]["links"] = [
-            {"label": "artifact uploaded", "linkText": link.text, "url": link.url} for link in facts.artifact_links
+            {"label": "artifact uploaded", "linkText": link.text, "url": link.url} for link in links
         ]
     return job
 

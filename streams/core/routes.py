@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
+from streams.core.model import Stage
 from streams.core.rules import Rules
 
 ROUTE_FORM = "<prefix>.v2.<project>.<revision>[.<pushId>]"
 
 
-@dataclass(frozen=True, slots=True)
-class TreeherderRoute:
+class TreeherderRoute(NamedTuple):
     """A parsed ``<prefix>.v2.<project>.<revision>[.<pushId>]`` route."""
 
     route: str
@@ -24,19 +24,25 @@ class TreeherderRoute:
 class RouteProblem(ValueError):
     """The task's routes cannot be used; ``ignore`` tells a task not meant for us from a broken one."""
 
-    def __init__(self, reason: str, *, ignore: bool = False) -> None:
+    def __init__(self, reason: str, *, ignore: bool = False, stage: Stage = Stage.ROUTE) -> None:
         super().__init__(reason)
         self.reason = reason
         self.ignore = ignore
+        self.stage = stage
 
 
 def select_route(routes: Sequence[str], rules: Rules) -> TreeherderRoute:
     """The one route the task reports to Treeherder by; raise RouteProblem when there is not exactly one."""
     prefixes = rules.route_prefixes
-    chosen: list[str] = []
-    for route in routes:
-        if route.partition(".")[0] in prefixes and route not in chosen:
-            chosen.append(route)
+    starts = rules.route_starts  # "<prefix>." for each prefix: one C-level startswith per route
+    try:
+        matching = [route for route in routes if route.startswith(starts) or route in prefixes]
+    except AttributeError:
+        index, value = next((i, r) for i, r in enumerate(routes) if type(r) is not str)
+        raise RouteProblem(
+            f"task.routes[{index}]: expected a string, got {type(value).__name__}", stage=Stage.TASK
+        ) from None
+    chosen = list(dict.fromkeys(matching)) if len(matching) > 1 else matching
     if not chosen:
         raise RouteProblem(f"no route starts with {' or '.join(prefixes)}: not a Treeherder task", ignore=True)
     if len(chosen) > 1:

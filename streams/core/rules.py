@@ -33,6 +33,12 @@ class Rules:
         object.__setattr__(self, "destination_names", _frozen(self.destination_names))
         object.__setattr__(self, "disabled_prefixes", frozenset(self.disabled_prefixes))
         object.__setattr__(self, "destination_profiles", _frozen(self.destination_profiles))
+        object.__setattr__(self, "_route_starts", tuple(f"{prefix}." for prefix in self.route_prefixes))
+
+    @property
+    def route_starts(self) -> tuple[str, ...]:
+        """``"<prefix>."`` for every prefix: a route whose first word is a prefix starts with one of these."""
+        return self._route_starts
 
     def destination(self, prefix: str) -> str:
         return self.destination_names.get(prefix, prefix)

@@ -8,8 +8,8 @@ replays, benchmarks) goes through ``transform``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from streams.core.facts import BadListing, JobFacts, artifact_links
 from streams.core.model import EventKind, Ignored, JobMessage, Jobs, ListingFailed, Outcome, Rejected, Stage, TaskEvent
@@ -22,8 +22,7 @@ _RESOLVED = (EventKind.COMPLETED, EventKind.FAILED, EventKind.EXCEPTION)
 _RESOLVED_STATES = frozenset({"completed", "failed", "exception"})
 
 
-@dataclass(frozen=True, slots=True)
-class _Cleared:
+class _Cleared(NamedTuple):
     """Preflight passed: the parsed route and the validated config."""
 
     route: TreeherderRoute
@@ -85,19 +84,24 @@ def transform(
     return Jobs((JobMessage(destination, project, f"{destination}.{project}._", job),))
 
 
+def _is_mapping(value: object) -> bool:
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 def _check(event: TaskEvent, task: Mapping[str, Any], rules: Rules) -> _Cleared | Ignored | Rejected:
+    """design.md's "Which tasks become jobs", in its order; ``_Cleared`` when the event may become a job."""
     task_id = event.task_id
-    if not isinstance(task, Mapping):
+    if not _is_mapping(task):
         return Rejected(task_id, f"task: expected an object, got {type(task).__name__}", Stage.TASK)
-    routes = task.get("routes", [])
-    if not isinstance(routes, list) or not all(isinstance(route, str) for route in routes):
+    routes = task.get("routes", ())
+    if type(routes) is not list:
         return Rejected(task_id, "task.routes: expected a list of strings", Stage.TASK)
     try:
         route = select_route(routes, rules)
     except RouteProblem as problem:
         if problem.ignore:
             return Ignored(task_id, problem.reason, Stage.ROUTE)
-        return Rejected(task_id, problem.reason, Stage.ROUTE)
+        return Rejected(task_id, problem.reason, problem.stage)
     if route.prefix in rules.disabled_prefixes:
         return Ignored(task_id, f"destination {rules.destination(route.prefix)!r} is disabled", Stage.ROUTE)
 
@@ -105,23 +109,28 @@ def _check(event: TaskEvent, task: Mapping[str, Any], rules: Rules) -> _Cleared 
     if problem is not None:
         return Rejected(task_id, problem, Stage.TASK)
 
-    extra = task.get("extra", {})
-    config = extra.get("treeherder")
+    config = task.get("extra", _NO_EXTRA).get("treeherder")
     if config is None:
         return Ignored(task_id, "task has no extra.treeherder section", Stage.CONFIG)
     problem = config_errors(config)
     if problem is not None:
         return Rejected(task_id, problem, Stage.CONFIG)
 
-    if event.kind is not EventKind.DEFINED and event.run is None:
-        return Ignored(task_id, f"task-{event.kind.value} names no run of the task: nothing to report", Stage.JOB)
-    if _created_as_exception(event):
-        return Ignored(
-            task_id,
-            f"run {event.run_id} was created as an exception (e.g. deadline exceeded before it ran): no job",
-            Stage.JOB,
-        )
+    kind = event.kind
+    if kind is not EventKind.DEFINED:
+        run = event.run
+        if run is None:
+            return Ignored(task_id, f"task-{kind.value} names no run of the task: nothing to report", Stage.JOB)
+        if kind is EventKind.EXCEPTION and run["reasonCreated"] == "exception":
+            return Ignored(
+                task_id,
+                f"run {event.run_id} was created as an exception (e.g. deadline exceeded before it ran): no job",
+                Stage.JOB,
+            )
     return _Cleared(route, config)
+
+
+_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 
 
 def _created_as_exception(event: TaskEvent) -> bool:
@@ -131,21 +140,18 @@ def _created_as_exception(event: TaskEvent) -> bool:
     return run is not None and run["reasonCreated"] == "exception"
 
 
-_STRING_FIELDS = (("metadata", "name"), ("metadata", "description"), ("metadata", "owner"), ("created",))
-
-
 def _task_shape(task: Mapping[str, Any]) -> str | None:
     """The fields the job is built from, checked where a wrong type would otherwise surface as a crash."""
     metadata = task.get("metadata")
-    if not isinstance(metadata, Mapping):
+    if not _is_mapping(metadata):
         return "task.metadata: expected an object"
-    for path in _STRING_FIELDS:
-        value = metadata.get(path[1]) if path[0] == "metadata" else task.get(path[0])
-        if not isinstance(value, str):
-            return f"task.{'.'.join(path)}: expected a string, got {type(value).__name__}"
-    extra = task.get("extra", {})
-    if not isinstance(extra, Mapping):
+    for key in ("name", "description", "owner"):
+        if type(metadata.get(key)) is not str:
+            return f"task.metadata.{key}: expected a string, got {type(metadata.get(key)).__name__}"
+    if type(task.get("created")) is not str:
+        return f"task.created: expected a string, got {type(task.get('created')).__name__}"
+    if not _is_mapping(task.get("extra", _NO_EXTRA)):
         return "task.extra: expected an object"
-    if not isinstance(task.get("workerType"), str) and not isinstance(task.get("taskQueueId"), str):
+    if type(task.get("workerType")) is not str and type(task.get("taskQueueId")) is not str:
         return "task.workerType: expected a string (or task.taskQueueId)"
     return None

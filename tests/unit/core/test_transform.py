@@ -406,3 +406,9 @@ def test_the_core_does_not_modify_its_inputs():
     before = copy.deepcopy((task, body, artifacts))
     transform(event, task, artifacts, RULES)
     assert (task, body, artifacts) == before
+
+
+def test_a_route_that_is_not_a_string_is_a_malformed_task():
+    outcome = run_transform("pending", task=make_task(routes=["index.x", 42]))
+    assert isinstance(outcome, Rejected) and outcome.stage is Stage.TASK
+    assert outcome.reason == "task.routes[1]: expected a string, got int"

@@ -1,0 +1,108 @@
+"""Events per second of the pure transform core over the reference corpus, on one core.
+
+Each event: parse_envelope (envelope + body schema) then transform (rules, job building, pulse-job
+validation) with its stored task definition. Completed events get a 20-entry artifact listing so the link
+code is exercised. Target: at least 50,000 events/s.
+
+    .venv/bin/python benchmarks/bench_core.py [--seconds 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from streams.core.envelope import parse_envelope  # noqa: E402
+from streams.core.model import Jobs, TaskEvent  # noqa: E402
+from streams.core.rules import Rules  # noqa: E402
+from streams.core.transform import artifacts_run, transform  # noqa: E402
+
+CORPUS = ROOT / ".." / "shared" / "reference" / "treeherder-corpus"
+TARGET = 50_000
+
+
+def load_inputs() -> list[tuple[dict, dict, list]]:
+    messages = json.loads((CORPUS / "taskcluster_pulse_messages.json").read_text())
+    tasks = json.loads((CORPUS / "taskcluster_tasks.json").read_text())
+    listing = [{"name": f"public/test_info/file{i % 7}.log", "storageType": "s3"} for i in range(20)]
+    inputs = []
+    for task_id, message in sorted(messages.items()):
+        envelope = {
+            "exchange": message["exchange"],
+            "routingKey": message["routes"],
+            "payload": message["payload"],
+            "rootUrl": message["root_url"],
+        }
+        inputs.append((envelope, tasks[task_id], listing))
+    return inputs
+
+
+def one_pass(inputs, rules) -> int:
+    jobs = 0
+    for envelope, task, listing in inputs:
+        event = parse_envelope(envelope)
+        if not isinstance(event, TaskEvent):
+            raise SystemExit(f"corpus event rejected: {event}")
+        outcome = transform(event, task, listing if artifacts_run(event) is not None else None, rules)
+        if not isinstance(outcome, Jobs):
+            raise SystemExit(f"corpus event gave no job: {outcome}")
+        jobs += len(outcome.messages)
+    return jobs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="measuring time (default 3)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    args = parser.parse_args()
+    if not CORPUS.is_dir():
+        print(f"corpus not found at {CORPUS.resolve()}", file=sys.stderr)
+        return 2
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core
+    inputs = load_inputs()
+    rules = Rules()
+    for _ in range(50):  # warm up: schema loading, validator compilation, caches
+        one_pass(inputs, rules)
+    events, started, durations = 0, time.perf_counter(), []
+    while time.perf_counter() - started < args.seconds:
+        t0 = time.perf_counter()
+        one_pass(inputs, rules)
+        durations.append(time.perf_counter() - t0)
+        events += len(inputs)
+    elapsed = time.perf_counter() - started
+    # The machine is shared: the median pass says what the code does on a core it has to itself.
+    median = statistics.median(durations)
+    result = {
+        "events": events,
+        "seconds": round(elapsed, 3),
+        "events_per_second": round(events / elapsed),
+        "median_pass_events_per_second": round(len(inputs) / median),
+        "best_pass_events_per_second": round(len(inputs) / min(durations)),
+        "microseconds_per_event": round(elapsed / events * 1e6, 2),
+        "target_events_per_second": TARGET,
+        "meets_target": len(inputs) / median >= TARGET,
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['events']} events in {result['seconds']} s on one core")
+        print(
+            f"  median pass {result['median_pass_events_per_second']:,} events/s, "
+            f"best pass {result['best_pass_events_per_second']:,}/s, "
+            f"overall {result['events_per_second']:,}/s ({result['microseconds_per_event']} us/event)"
+        )
+        print(f"  target {TARGET:,} events/s: {'met' if result['meets_target'] else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
