@@ -1,0 +1,208 @@
+"""The Faust application: topics, tables and the one agent, built from settings.
+
+The agent stays thin: it reads the task-events topic in batches, lets ``EventProcessor`` turn them into
+records, produces those and waits until Kafka has every one of them before the batch is acknowledged
+(Faust acknowledges a batch whatever happens inside the loop, so nothing in it may raise; see
+docs/architecture.md for the delivery guarantee).
+
+Tables are keyed so that they live on the partition of the event that writes them: a task's definition,
+its runs' artifact listings and its guard entries all sit on the task's partition, and a worker that owns
+the partition owns the task's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+import orjson
+from faust.streams import _current_event  # the only way to write a table for an event of a batch
+from faust.types import EventT
+
+from streams.core.rules import Rules
+from streams.processor import EventProcessor, OutputRecord, RetryPolicy, SourceEvent
+from streams.queue_api import QueueClient
+from tc_treeherder.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 500
+BATCH_WITHIN = 0.05  # seconds: the latency a lone event may wait for company
+
+
+@contextmanager
+def _acting_for(event: EventT) -> Iterator[None]:
+    """Make Faust route table reads and writes to ``event``'s partition.
+
+    Faust finds a table's partition through the current event; inside a batch, that is whichever event came
+    last, so each table access names its own event explicitly.
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class TableState:
+    """The worker's tables as seen from one event: what ``EventProcessor`` reads and writes."""
+
+    def __init__(self, tables: WorkerTables, event: EventT) -> None:
+        self._tables = tables
+        self._event = event
+
+    def definition(self, task_id: str) -> Mapping[str, Any] | None:
+        return self._load(self._tables.definitions, task_id)
+
+    def store_definition(self, task_id: str, definition: Mapping[str, Any]) -> None:
+        self._save(self._tables.definitions, task_id, orjson.dumps(definition))
+
+    def artifacts(self, task_id: str, run_id: int) -> Sequence[Mapping[str, Any]] | None:
+        return self._load(self._tables.artifacts, f"{task_id}/{run_id}")
+
+    def store_artifacts(self, task_id: str, run_id: int, artifacts: Sequence[Mapping[str, Any]]) -> None:
+        self._save(self._tables.artifacts, f"{task_id}/{run_id}", orjson.dumps(list(artifacts)))
+
+    def emitted_rank(self, key: str) -> int | None:
+        raw = self._raw(self._tables.emitted, key)
+        return None if raw is None else int(raw)
+
+    def store_emitted_rank(self, key: str, rank: int) -> None:
+        self._save(self._tables.emitted, key, str(rank).encode())
+
+    def _raw(self, table: faust.Table, key: str) -> bytes | None:
+        with _acting_for(self._event):
+            return table.get(key.encode())
+
+    def _load(self, table: faust.Table, key: str) -> Any:
+        raw = self._raw(table, key)
+        return None if raw is None else orjson.loads(raw)
+
+    def _save(self, table: faust.Table, key: str, value: bytes) -> None:
+        with _acting_for(self._event):
+            table[key.encode()] = value
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerTables:
+    definitions: faust.Table  # taskId -> task definition, as the Queue API returned it
+    artifacts: faust.Table  # taskId/runId -> artifact listing of a resolved run, all pages
+    emitted: faust.Table  # destination/taskId/runId -> furthest job state emitted (state guard)
+
+
+@dataclass(slots=True)
+class Worker:
+    """Everything one worker process runs, built from settings in one place."""
+
+    app: faust.App
+    tables: WorkerTables
+    processor: EventProcessor | None = None
+
+
+def create_worker(settings: Settings, *, client: QueueClient | None = None,
+                  policy: RetryPolicy | None = None) -> Worker:
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
+        store=settings.store,
+        datadir=str(settings.data_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_disable_leader=True,
+        table_standby_replicas=1,
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=settings.web_port != 0,
+        web_host=settings.web_host,
+        web_port=settings.web_port or 6066,
+        consumer_group_instance_id=os.environ.get("TC_TREEHERDER_WORKER_ID") or None,
+    )
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    events_topic = app.topic(settings.topic("task-events"), partitions=settings.partitions, **raw)
+    jobs_topic = app.topic(settings.topic("jobs"), partitions=settings.partitions, **raw)
+    rejected_topic = app.topic(settings.topic("rejected"), partitions=settings.partitions, **raw)
+    tables = WorkerTables(
+        definitions=_raw_table(app, "task-definitions", settings.partitions),
+        artifacts=_raw_table(app, "run-artifacts", settings.partitions),
+        emitted=_raw_table(app, "emitted-states", settings.partitions),
+    )
+    worker = Worker(app=app, tables=tables)
+    rules = Rules.from_settings(settings)
+    outputs = {"jobs": jobs_topic, "rejected": rejected_topic}
+
+    def processor() -> EventProcessor:
+        if worker.processor is None:  # the Queue client's HTTP session must be made inside the loop
+            queue = client or QueueClient(timeout=settings.queue_timeout, retries=settings.queue_retries)
+            worker.processor = EventProcessor(rules, queue, default_root_url=settings.taskcluster_root_url,
+                                              policy=policy, stopping=lambda: app.should_stop)
+        return worker.processor
+
+    @app.on_before_shutdown.connect
+    async def close_queue_client(app: faust.App, **kwargs: Any) -> None:
+        if worker.processor is not None:
+            await worker.processor.client.close()
+
+    @app.agent(events_topic, name="task-events-to-jobs", concurrency=1)
+    async def task_events_to_jobs(stream: faust.StreamT) -> None:
+        async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN):
+            sources = [
+                SourceEvent(
+                    topic=event.message.topic,
+                    partition=event.message.partition,
+                    offset=event.message.offset,
+                    key=event.key,
+                    value=event.value,
+                    state=TableState(tables, event),
+                )
+                for event in batch
+            ]
+            produced = await processor().process_batch(sources)
+            await _deliver(produced, outputs, app)
+
+    return worker
+
+
+def _raw_table(app: faust.App, name: str, partitions: int) -> faust.Table:
+    """A table of bytes to bytes, stored and logged as they are.
+
+    Faust picks a table's codec from its key and value types and falls back to JSON for plain ``bytes``;
+    the worker encodes values itself (orjson), so both sides are set to raw before the changelog topic and
+    the store are made from them.
+    """
+    table = app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes)
+    table.key_serializer = "raw"
+    table.value_serializer = "raw"
+    return table
+
+
+async def _deliver(produced: list[OutputRecord], outputs: Mapping[str, faust.TopicT], app: faust.App) -> None:
+    """Produce ``produced`` and wait until Kafka has each one; retry what failed until it lands.
+
+    The batch is acknowledged once this returns, so it may only return when everything is in Kafka. If
+    the worker is asked to stop while Kafka still refuses, it exits without acknowledging: the batch is
+    read again by whichever worker takes the partition over.
+    """
+    pending = produced
+    delay = 0.5
+    while pending:
+        futures = [await outputs[record.topic].send(key=record.key, value=record.value) for record in pending]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failed = [record for record, result in zip(pending, results, strict=True)
+                  if isinstance(result, BaseException)]
+        if not failed:
+            return
+        errors = {type(result).__name__ for result in results if isinstance(result, BaseException)}
+        log.error("%d of %d records not delivered to Kafka (%s); retrying", len(failed), len(pending), errors)
+        if app.should_stop:
+            log.critical("stopping with undelivered output: exiting without acknowledging the batch")
+            os._exit(75)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 10.0)
+        pending = failed

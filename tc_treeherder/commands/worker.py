@@ -1,0 +1,41 @@
+"""``tc-treeherder worker``: the Faust worker that turns task events into job messages."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from tc_treeherder.settings import Settings
+
+HELP = "Run a stream worker: task events in, job messages and rejected events out."
+EPILOG = """examples:
+  tc-treeherder worker
+  TC_TREEHERDER_WEB_PORT=6067 TC_TREEHERDER_DATA_DIR=/var/lib/tc-treeherder/w2 tc-treeherder worker
+
+Run several workers to scale out: each needs its own data directory and web port. Partitions cap how
+many workers share the work (TC_TREEHERDER_PARTITIONS, default 8).
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"],
+                        help="worker log level (default: info)")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from faust import Worker
+
+    from streams.app import create_worker
+    from streams.topics import ensure_topics
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(ensure_topics(settings))
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    worker = create_worker(settings)
+    logging.getLogger("streams").setLevel(args.loglevel.upper())
+    faust_worker = Worker(worker.app, loglevel=args.loglevel, loop=loop, redirect_stdouts=False,
+                          workdir=str(settings.data_dir))
+    faust_worker.execute_from_commandline()  # returns only through SystemExit on shutdown
+    return 0

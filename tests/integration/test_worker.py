@@ -1,0 +1,146 @@
+"""The Faust worker on the real Kafka: task events in, job and rejected records out, tables across restarts.
+
+The worker runs as the real ``tc-treeherder worker`` process; the Queue API is the local stand-in, whose
+request counts show what the worker fetched.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from streams.topics import ensure_topics
+from tc_treeherder.devtools.queue_standin import QueueStandIn
+from tc_treeherder.settings import Settings
+from tests.unit.core.factories import make_artifacts, make_envelope, make_event, make_task
+
+TASKS = ["JXCKWMboSA67pGalSfg3og", "ZShxu3oeTb6vA3genPZZ3g", "B3EheQ-IQ5aPzw34KS_a6g"]
+MISSING = "fQ3mh2ctQmeq2nOXDB2Hfw"
+
+
+async def produce(settings: Settings, envelopes: list[tuple[str, dict[str, Any] | bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for task_id, envelope in envelopes:
+            value = envelope if isinstance(envelope, bytes) else orjson.dumps(envelope)
+            await producer.send_and_wait(settings.topic("task-events"), value, key=task_id.encode())
+    finally:
+        await producer.stop()
+
+
+async def read_topic(settings: Settings, base: str, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
+    """The first ``count`` records of a topic (all partitions), waiting up to ``timeout`` seconds."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(settings.topic(base), p) for p in range(settings.partitions)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        found: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while len(found) < count and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            for messages in batches.values():
+                found.extend({"key": m.key.decode(), **orjson.loads(m.value)} for m in messages)
+        return found
+    finally:
+        await consumer.stop()
+
+
+@pytest.fixture
+async def standin() -> Any:
+    async with QueueStandIn(page_size=2) as server:
+        for task_id in TASKS:
+            server.add_task(task_id, make_task())
+            server.add_artifacts(task_id, 0, make_artifacts("public/logs/live_backing.log", "public/x.txt",
+                                                            "public/y.txt"))
+        yield server
+
+
+@pytest.fixture
+def worker_process(test_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+    """Start and stop ``tc-treeherder worker`` processes; all are stopped at the end of the test."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        log = open(tmp_path / f"worker-{len(started)}.log", "wb")  # noqa: SIM115 - closed with the process
+        process = subprocess.Popen([sys.executable, "-m", "tc_treeherder.cli", "worker"], env=test_env,
+                                   stdout=log, stderr=subprocess.STDOUT)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        stop(process)
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+def lifecycle(task_id: str, root_url: str) -> list[tuple[str, dict[str, Any]]]:
+    return [(task_id, make_envelope(make_event(kind, task_id=task_id), root_url=root_url))
+            for kind in ("pending", "running", "completed")]
+
+
+async def test_worker_turns_events_into_jobs_in_order_and_rejects_the_rest(settings, standin, worker_process):
+    await ensure_topics(settings)
+    events = [pair for task_id in TASKS for pair in lifecycle(task_id, standin.root_url)]
+    events.append((MISSING, make_envelope(make_event("pending", task_id=MISSING), root_url=standin.root_url)))
+    events.append((TASKS[0], b"\xff not json"))
+    await produce(settings, events)
+
+    worker_process()
+    jobs = await read_topic(settings, "jobs", 9)
+    rejected = await read_topic(settings, "rejected", 2)
+
+    assert len(jobs) == 9
+    for task_id in TASKS:
+        states = [record["job"]["state"] for record in jobs if record["key"] == task_id]
+        assert states == ["pending", "running", "completed"], f"jobs of {task_id} out of order"
+    completed = next(r for r in jobs if r["job"]["state"] == "completed")
+    assert completed["routingKey"] == "tc-treeherder.autoland._"
+    assert len(completed["job"]["jobInfo"]["links"]) == 3
+    assert {r["stage"] for r in rejected} == {"task", "envelope"}
+    assert any(r["reason"].startswith(f"task not found: {MISSING}") for r in rejected)
+    assert standin.stats["requests"]["task"] == len(TASKS) + 1
+
+
+async def test_a_restarted_worker_serves_definitions_from_its_table(settings, standin, worker_process):
+    await ensure_topics(settings)
+    await produce(settings, [(task_id, make_envelope(make_event("pending", task_id=task_id),
+                                                     root_url=standin.root_url)) for task_id in TASKS])
+    first = worker_process()
+    assert len(await read_topic(settings, "jobs", 3)) == 3
+    assert stop(first) == 0, "the worker stops cleanly on SIGTERM"
+    fetched = standin.stats["requests"]["task"]
+    assert fetched == len(TASKS)
+
+    await produce(settings, [(task_id, make_envelope(make_event("running", task_id=task_id),
+                                                     root_url=standin.root_url)) for task_id in TASKS])
+    worker_process()
+    jobs = await read_topic(settings, "jobs", 6)
+
+    assert sorted(r["job"]["state"] for r in jobs) == ["pending"] * 3 + ["running"] * 3
+    assert standin.stats["requests"]["task"] == fetched, "definitions came from the table's changelog"
+    assert os.path.isdir(settings.data_dir)
+
