@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import aio_pika
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pamqp.commands import Basic
 
+from tc_treeherder.stack import kafka, probe, rabbitmq
 from tc_treeherder.stack.shared import Brokers
 
 
@@ -89,3 +91,16 @@ async def _get(queue: aio_pika.abc.AbstractQueue) -> aio_pika.abc.AbstractIncomi
             if message is not None:
                 return message
             await asyncio.sleep(0.05)
+
+
+def test_brokers_that_already_answer_are_reused_and_never_stopped(brokers: Brokers, tmp_path: Path) -> None:
+    kafka_node = kafka.KafkaNode.for_bootstrap(brokers.kafka_bootstrap, tmp_path)
+    rabbit_node = rabbitmq.RabbitNode.for_url(brokers.pulse_url, tmp_path)
+    # A fresh state dir has no record of starting them: they are someone else's.
+    assert kafka.start(kafka_node) == "reused"
+    assert rabbitmq.start(rabbit_node) == "reused"
+    assert not kafka_node.data_dir.exists()  # nothing was formatted or launched
+    assert kafka.stop(kafka_node) == "not running"
+    assert rabbitmq.stop(rabbit_node) == "not running"
+    assert probe.kafka_answers(kafka_node.host, kafka_node.port)
+    assert probe.amqp_answers(rabbit_node.host, rabbit_node.port)

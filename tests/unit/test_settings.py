@@ -1,0 +1,135 @@
+"""Settings: defaults, TOML under environment, and start-up errors that say what to fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tc_treeherder.settings import DEFAULT_JOBS_EXCHANGE, SettingsError, load_settings
+
+
+def write_toml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "tc-treeherder.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_point_at_the_local_stack() -> None:
+    settings = load_settings(env={})
+    assert settings.kafka_bootstrap == "localhost:9092"
+    assert settings.pulse_url == "amqp://guest:guest@localhost:5672/"
+    assert settings.kafka_host_port == ("localhost", 9092)
+    assert settings.pulse_host_port == ("localhost", 5672)
+    assert settings.namespace == ""
+    assert settings.topic("task-events") == "tc-treeherder.task-events"
+    assert settings.task_exchange("pending") == "exchange/taskcluster-queue/v1/task-pending"
+    assert [d.route_prefix for d in settings.destinations] == ["tc-treeherder", "tc-treeherder-staging"]
+    assert all(d.exchange == DEFAULT_JOBS_EXCHANGE for d in settings.destinations)
+    assert settings.data_dir == settings.state_dir / "worker"
+
+
+def test_environment_wins_over_the_toml_file(tmp_path: Path) -> None:
+    config = write_toml(tmp_path, 'kafka_bootstrap = "kafka-a:9092"\npartitions = 3\nnamespace = "ci"\n')
+    settings = load_settings(env={"TC_TREEHERDER_CONFIG": str(config), "TC_TREEHERDER_PARTITIONS": "5"})
+    assert settings.kafka_bootstrap == "kafka-a:9092"  # from TOML
+    assert settings.partitions == 5  # environment over TOML
+    assert settings.namespace == "ci"
+
+
+def test_state_dir_moves_the_default_data_dir_with_it(tmp_path: Path) -> None:
+    settings = load_settings(env={"TC_TREEHERDER_STATE_DIR": str(tmp_path)})
+    assert settings.state_dir == tmp_path
+    assert settings.data_dir == tmp_path / "worker"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("TC_TREEHERDER_KAFKA_BOOTSTRAP", "localhost", "host:port"),
+        ("TC_TREEHERDER_KAFKA_BOOTSTRAP", "localhost:99999", "host:port"),
+        ("TC_TREEHERDER_PULSE_URL", "http://localhost:5672/", "amqp://"),
+        ("TASKCLUSTER_ROOT_URL", "firefox-ci-tc.services.mozilla.com", "http:// or https://"),
+        ("TC_TREEHERDER_PARTITIONS", "0", "a positive integer"),
+        ("TC_TREEHERDER_PARTITIONS", "eight", "a positive integer"),
+        ("TC_TREEHERDER_STORE", "redis://", "rocksdb:// or memory://"),
+        ("TC_TREEHERDER_NAMESPACE", "has space", "letters, digits"),
+        ("TC_TREEHERDER_ROUTE_PREFIXES", "tc.treeherder", "without dots"),
+        ("TC_TREEHERDER_WEB_PORT", "70000", "a port number"),
+    ],
+)
+def test_a_bad_value_names_the_variable_and_the_expected_form(variable: str, value: str, expected: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings(env={variable: value})
+    message = str(raised.value)
+    assert variable in message
+    assert expected in message
+    assert repr(value) in message
+
+
+def test_a_bad_toml_value_names_the_file_and_key(tmp_path: Path) -> None:
+    config = write_toml(tmp_path, "partitions = -1\n")
+    with pytest.raises(SettingsError, match=r"tc-treeherder\.toml: partitions: expected a positive integer"):
+        load_settings(env={"TC_TREEHERDER_CONFIG": str(config)})
+
+
+def test_unknown_toml_keys_and_unreadable_files_are_reported(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="unknown settings"):
+        load_settings(env={}, config_file=write_toml(tmp_path, "kafka_bootstrp = 'x:1'\n"))
+    with pytest.raises(SettingsError, match="cannot read"):
+        load_settings(env={}, config_file=tmp_path / "missing.toml")
+    with pytest.raises(SettingsError, match="not valid TOML"):
+        load_settings(env={}, config_file=write_toml(tmp_path, "partitions = \n"))
+
+
+def test_namespace_prefixes_every_shared_name() -> None:
+    settings = load_settings(env={"TC_TREEHERDER_NAMESPACE": "t1a2b3c4d",
+                                  "TC_TREEHERDER_PULSE_URL": "amqp://bridge:secret@pulse.example:5671/"})
+    assert settings.topic("task-events") == "t1a2b3c4d.tc-treeherder.task-events"
+    assert settings.app_id == "t1a2b3c4d.tc-treeherder"
+    # Pulse only lets a user read queues under queue/<user>/, so the namespace goes after the user.
+    assert settings.pulse_queue("task-events") == "queue/bridge/t1a2b3c4d/tc-treeherder/task-events"
+    assert {d.exchange for d in settings.destinations} == {"exchange/taskcluster-treeherder/t1a2b3c4d/v1/jobs"}
+
+
+@pytest.mark.parametrize("name", ["t1a2b3c4d", "ci-run_7", "team.a"])
+def test_namespaces_of_letters_digits_and_separators_are_accepted(name: str) -> None:
+    assert load_settings(env={"TC_TREEHERDER_NAMESPACE": name}).namespace == name
+
+
+@pytest.mark.parametrize("name", ["-leading-dash", ".dot", "a/b", "a b", "ü"])
+def test_namespaces_that_would_break_topic_or_queue_names_are_refused(name: str) -> None:
+    with pytest.raises(SettingsError, match="TC_TREEHERDER_NAMESPACE"):
+        load_settings(env={"TC_TREEHERDER_NAMESPACE": name})
+
+
+def test_destinations_come_from_toml_and_environment(tmp_path: Path) -> None:
+    config = write_toml(tmp_path, """
+route_prefixes = ["tc-treeherder", "tc-treeherder-staging"]
+jobs_pulse_url = "amqp://jobs:pw@jobs.example:5672/"
+
+[destinations.tc-treeherder-staging]
+name = "staging"
+profile = "legacy"
+enabled = false
+""")
+    settings = load_settings(env={
+        "TC_TREEHERDER_CONFIG": str(config),
+        "TC_TREEHERDER_DESTINATION_TC_TREEHERDER_STAGING_ENABLED": "true",
+        "TC_TREEHERDER_DESTINATION_TC_TREEHERDER_EXCHANGE": "exchange/other/v1/jobs",
+    })
+    production = settings.destination_for("tc-treeherder")
+    staging = settings.destination_for("tc-treeherder-staging")
+    assert production.exchange == "exchange/other/v1/jobs"
+    assert production.pulse_url == "amqp://jobs:pw@jobs.example:5672/"
+    assert (staging.name, staging.profile, staging.enabled) == ("staging", "legacy", True)
+    assert staging.routing_key("mozilla-central") == "staging.mozilla-central._"
+    with pytest.raises(KeyError):
+        settings.destination_for("not-configured")
+
+
+def test_a_destination_for_an_unknown_prefix_or_a_bad_profile_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="not among the route prefixes"):
+        load_settings(env={}, config_file=write_toml(tmp_path, "[destinations.elsewhere]\nname = 'x'\n"))
+    with pytest.raises(SettingsError, match="TC_TREEHERDER_DESTINATION_TC_TREEHERDER_PROFILE"):
+        load_settings(env={"TC_TREEHERDER_DESTINATION_TC_TREEHERDER_PROFILE": "fancy"})
