@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from streams.core import pulse_job
+from streams.core import legacy_job, pulse_job
 from streams.core.facts import JobFacts
 from streams.core.validation import job_errors
 
@@ -24,5 +24,8 @@ class Profile:
 
 
 PROFILES: Mapping[str, Profile] = MappingProxyType(
-    {"treeherder": Profile("treeherder", pulse_job.build_job, job_errors)}
+    {
+        "treeherder": Profile("treeherder", pulse_job.build_job, job_errors),
+        "legacy": Profile("legacy", legacy_job.build_legacy_job, legacy_job.legacy_job_errors),
+    }
 )

@@ -32,6 +32,13 @@ def test_from_settings():
 
 def test_a_profile_this_version_cannot_build_stops_at_start():
     settings = load_settings(env={})
-    destinations = (replace(settings.destinations[0], profile="legacy"), *settings.destinations[1:])
-    with pytest.raises(ValueError, match="profile 'legacy'"):
+    destinations = (replace(settings.destinations[0], profile="bogus"), *settings.destinations[1:])
+    with pytest.raises(ValueError, match="profile 'bogus'"):
         Rules.from_settings(replace(settings, destinations=destinations))
+
+
+def test_a_legacy_destination_is_accepted():
+    settings = load_settings(env={"TC_TREEHERDER_DESTINATION_TC_TREEHERDER_STAGING_PROFILE": "legacy"})
+    rules = Rules.from_settings(settings)
+    assert rules.profile("tc-treeherder-staging") == "legacy"
+    assert rules.profile("tc-treeherder") == "treeherder"
