@@ -43,6 +43,9 @@ AMQP_TRANSIENT: tuple[type[BaseException], ...] = (
     aiormq.exceptions.AMQPConnectionError,
     aiormq.exceptions.ChannelInvalidStateError,
     aiormq.exceptions.AMQPChannelError,
+    # RabbitMQ answers Connection.Open with Connection.Close for an unknown vhost or missing permission:
+    # a misconfiguration that an operator fixes while the connector keeps retrying.
+    aiormq.exceptions.InvalidFrameError,
     ConnectionError,
     TimeoutError,
 )
