@@ -229,3 +229,16 @@ async def test_killed_source_loses_nothing_and_duplicates_stay_within_the_prefet
     for key, envelope in events:
         ids_per_task.setdefault(key.decode(), set()).add(envelope["messageId"])
     assert all(len(ids) == 1 for ids in ids_per_task.values())  # a redelivery carries the same messageId
+
+
+async def test_source_refuses_topics_with_another_partition_count(
+        make_settings, test_env: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    await ensure_topics(make_settings(TC_TREEHERDER_PARTITIONS="3"))
+    again = await ensure_topics(make_settings(TC_TREEHERDER_PARTITIONS="3"))  # idempotent
+    assert again.task_events.endswith(".tc-treeherder.task-events")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tc_treeherder.cli", "source", env={**test_env, "TC_TREEHERDER_PARTITIONS": "2"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 1
+    assert "has 3 partitions but TC_TREEHERDER_PARTITIONS is 2" in stderr.decode()
