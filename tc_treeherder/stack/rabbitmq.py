@@ -18,13 +18,11 @@ from urllib.parse import urlsplit
 
 from tc_treeherder.stack import StackError
 from tc_treeherder.stack.probe import amqp_answers, wait_until
-from tc_treeherder.stack.process import file_lock, is_alive, stop_pid
+from tc_treeherder.stack.process import command_line, file_lock, is_alive, stop_pid
 
 NODENAME = "rabbit@localhost"
 ETC = Path("/etc/rabbitmq")
 SBIN = Path("/usr/sbin")
-# Where the Debian package's node writes its pid (RABBITMQ_MNESIA_DIR + ".pid").
-NODE_PID_FILE = Path(f"/var/lib/rabbitmq/mnesia/{NODENAME}.pid")
 LOG_DIR = Path("/var/log/rabbitmq")
 MANAGEMENT_PORT = 15672
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -129,12 +127,19 @@ def _enable_management(log: Log) -> None:
              "rabbitmq-plugins enable --offline rabbitmq_management")
 
 
+def is_rabbit_node(command: str) -> bool:
+    """A RabbitMQ node's Erlang VM: beam.smp booting the ``rabbit`` application (its name is not on the line)."""
+    program = command.split(" ", 1)[0]
+    return program.endswith("/beam.smp") and " -s rabbit boot " in f"{command} "
+
+
 def node_pid() -> int | None:
-    try:
-        pid = int(NODE_PID_FILE.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if is_alive(pid) else None
+    """The pid of the machine's RabbitMQ node, read from /proc (the package's node writes no pid file we can
+    rely on). Only one node can hold the AMQP port, so the first match is the one that answers."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and is_rabbit_node(command_line(int(entry.name))):
+            return int(entry.name)
+    return None
 
 
 def started_by_us(node: RabbitNode) -> int | None:
@@ -143,7 +148,7 @@ def started_by_us(node: RabbitNode) -> int | None:
         pid = int(node.marker.read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if is_alive(pid) else None
+    return pid if is_alive(pid) and is_rabbit_node(command_line(pid)) else None
 
 
 def _answers(node: RabbitNode, timeout: float = 2.0) -> bool:

@@ -153,3 +153,12 @@ def test_the_last_live_lease_holder_is_the_one_that_stops(tmp_path: Path) -> Non
         other.kill()
         other.wait()
     assert shared.other_live_leases(leases, mine) == []
+
+
+def test_the_rabbitmq_node_is_recognised_by_its_vm_command_line() -> None:
+    node = ("/usr/lib/erlang/erts-13.1.5/bin/beam.smp -W w -- -root /usr/lib/erlang -- -home /var/lib/rabbitmq "
+            "-- -pa  -noshell -noinput -s rabbit boot -boot start_sasl")
+    assert rabbitmq.is_rabbit_node(node)
+    # rabbitmqctl's own short-lived VM, and other Erlang programs, are not the node.
+    assert not rabbitmq.is_rabbit_node("/usr/lib/erlang/erts-13.1.5/bin/beam.smp -- -s rabbitmqctl_escript main")
+    assert not rabbitmq.is_rabbit_node("/usr/bin/python3 -s rabbit boot")
