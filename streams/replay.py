@@ -1,0 +1,461 @@
+"""``tc-treeherder replay``: re-run a range of task events through the current transform and re-emit the jobs.
+
+The replay is a reader beside the live pipeline, never part of it: it assigns partitions itself (no consumer
+group, no commits), reads the worker's tables from their changelog topics without writing them, keeps its own
+state guard, and adds job records to the jobs topic, marked ``replay``, for the live sinks to deliver. Live
+processing goes on undisturbed and no live state is rewound.
+
+How it runs, and why it is fast:
+
+1. The range (``--since/--until`` through Kafka's offsets-for-times per partition, or explicit offsets) is
+   read once for the taskIds it holds.
+2. Only those keys are kept from the changelogs of ``task-definitions`` and ``run-artifacts`` (only the
+   partitions the range touches): the state the worker had, with no Queue API call for a task already seen.
+3. The range is read again in large batches (``getmany``); each batch goes through ``pipeline.process``
+   with lookups answered from memory, so no event awaits the network. Tasks the worker never saw are
+   fetched from the Queue API for the whole batch at once (concurrently), unless ``--no-queue``.
+4. Jobs are produced per batch without waiting on each send, then the batch's delivery futures are gathered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from streams import records
+from streams.core.model import Ignored, Jobs, Outcome, Rejected, Stage
+from streams.pipeline import process
+from streams.queue_api import QueueClient, QueueError, QueueUnavailable
+from streams.replay_plan import (
+    JobKey,
+    LocalGuard,
+    PartitionRange,
+    ReplayReport,
+    Selection,
+    diff_jobs,
+    progress_line,
+    reason_class,
+    resolve_range,
+    route_prefix,
+)
+from tc_treeherder.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FETCH_RECORDS = 5000  # records per getmany
+QUEUE_CONCURRENCY = 32  # Queue API requests in flight for tasks the worker never saw
+NOT_RERUN_STAGES = {"source": "the source could not make an envelope of the Pulse message",
+                    "sink": "a sink could not read a job record"}
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    selection: Selection
+    since_ms: int | None = None
+    until_ms: int | None = None
+    from_offsets: Mapping[int, int] | None = None
+    to_offsets: Mapping[int, int] | None = None
+    rejected_only: bool = False
+    include_ignored: bool = False  # with rejected_only: also re-run events that were ignored
+    use_queue: bool = True
+    dry_run: bool = False
+    diff: bool = False
+
+
+@dataclass(slots=True)
+class ReplayResult:
+    report: ReplayReport
+    diff_lines: list[str] = field(default_factory=list)
+    replay_id: str = ""
+
+
+@dataclass(slots=True)
+class _Input:
+    """One record of the range to re-run: an envelope, and the task event's position for the job record."""
+
+    task_id: str | None
+    envelope: Any  # decoded JSON (or undecodable text) as the worker would have seen it
+    partition: int  # of the task event (for the job record's source and the diff)
+    offset: int
+
+
+class Progress:
+    """A progress bar with rate and ETA on a terminal; plain lines every few seconds otherwise."""
+
+    def __init__(self, total: int, stream: TextIO, *, interval: float | None = None) -> None:
+        self.total = total
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.interval = interval if interval is not None else (0.2 if self.tty else 5.0)
+        self.started = time.monotonic()
+        self._shown = 0.0
+
+    def update(self, done: int, *, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self._shown < self.interval:
+            return
+        self._shown = now
+        line = progress_line(done, self.total, now - self.started)
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if final else ""))
+        else:
+            self.stream.write("replay: " + line + "\n")
+        self.stream.flush()
+
+
+class ReplayLookup:
+    """``TaskLookup`` over the tables read from the changelogs; the Queue API only for what they lack."""
+
+    def __init__(self, definitions: dict[str, Any], listings: dict[str, Any], client: QueueClient | None,
+                 report: ReplayReport) -> None:
+        self.definitions = definitions
+        self.listings = listings
+        self._client = client
+        self._report = report
+        self._gate = asyncio.Semaphore(QUEUE_CONCURRENCY)
+
+    async def task(self, root_url: str, task_id: str) -> Mapping[str, Any]:
+        found = self.definitions.get(task_id)
+        if found is not None:
+            return found
+        definition = await self._fetch(lambda: self._client.task(root_url, task_id))  # type: ignore[union-attr]
+        self.definitions[task_id] = definition
+        return definition
+
+    async def artifacts(self, root_url: str, task_id: str, run_id: int) -> Sequence[Mapping[str, Any]]:
+        key = f"{task_id}/{run_id}"
+        found = self.listings.get(key)
+        if found is not None:
+            return found
+        if self._client is None:
+            raise _NoQueue(f"listing of {key} is not in the run-artifacts table and --no-queue forbids asking",
+                           call="listArtifacts", task_id=task_id, root_url=root_url)
+        listing = await self._fetch(lambda: self._client.list_artifacts(root_url, task_id, run_id))  # type: ignore[union-attr]
+        self.listings[key] = listing
+        return listing
+
+    async def _fetch(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        async with self._gate:
+            self._report.queue_fetches += 1
+            return await call()
+
+
+class _NoQueue(QueueError):
+    """A listing the tables lack while the Queue API may not be asked: the job goes out without links."""
+
+
+# --- Kafka reading ----------------------------------------------------------------------------------------
+
+
+def _consumer(settings: Settings) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+                            auto_offset_reset="earliest", client_id=f"{settings.app_id}-replay",
+                            max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
+
+
+async def _read(consumer: AIOKafkaConsumer, topic: str, ranges: Sequence[PartitionRange],
+                on_batch: Callable[[list[Any]], Awaitable[None] | None]) -> None:
+    """Every record of ``ranges``, handed over in getmany batches (records of one partition in order)."""
+    todo = {TopicPartition(topic, r.partition): r for r in ranges if r.size}
+    if not todo:
+        return
+    consumer.assign(list(todo))
+    for tp, r in todo.items():
+        consumer.seek(tp, r.start)
+    while todo:
+        batches = await consumer.getmany(*todo, timeout_ms=1000, max_records=FETCH_RECORDS)
+        chunk = []
+        for tp, messages in batches.items():
+            end = todo[tp].end
+            chunk.extend(m for m in messages if m.offset < end)
+            if messages and messages[-1].offset >= end - 1:
+                del todo[tp]
+                consumer.pause(tp)
+        for tp in list(todo):  # a partition whose range ends in records that are gone (compaction, deletion)
+            if await consumer.position(tp) >= todo[tp].end:
+                del todo[tp]
+                consumer.pause(tp)
+        if chunk:
+            result = on_batch(chunk)
+            if result is not None:
+                await result
+    consumer.unsubscribe()
+
+
+async def _topic_exists(consumer: AIOKafkaConsumer, topic: str) -> bool:
+    return topic in await consumer.topics()
+
+
+async def _offsets(consumer: AIOKafkaConsumer, topic: str, partitions: Iterable[int]
+                   ) -> tuple[dict[int, int], dict[int, int]]:
+    tps = [TopicPartition(topic, p) for p in partitions]
+    low = await consumer.beginning_offsets(tps)
+    high = await consumer.end_offsets(tps)
+    return {tp.partition: o for tp, o in low.items()}, {tp.partition: o for tp, o in high.items()}
+
+
+async def _at_time(consumer: AIOKafkaConsumer, topic: str, partitions: Iterable[int], ms: int
+                   ) -> dict[int, int | None]:
+    found = await consumer.offsets_for_times({TopicPartition(topic, p): ms for p in partitions})
+    return {tp.partition: (None if hit is None else hit.offset) for tp, hit in found.items()}
+
+
+async def _load_table(consumer: AIOKafkaConsumer, topic: str, partitions: set[int],
+                      wanted: Callable[[str], bool]) -> dict[str, Any]:
+    """The table as its changelog leaves it, for the keys ``wanted`` accepts only."""
+    if not partitions or not await _topic_exists(consumer, topic):
+        return {}
+    low, high = await _offsets(consumer, topic, partitions)
+    table: dict[str, Any] = {}
+
+    def keep(chunk: list[Any]) -> None:
+        for message in chunk:
+            key = message.key.decode("utf-8", "replace") if message.key else ""
+            if not wanted(key):
+                continue
+            if message.value is None:
+                table.pop(key, None)  # a tombstone
+            else:
+                table[key] = message.value  # decoded only if the replay needs it
+
+    await _read(consumer, topic, [PartitionRange(p, low[p], high[p]) for p in sorted(partitions)], keep)
+    return {key: orjson.loads(value) for key, value in table.items()}
+
+
+# --- The replay -------------------------------------------------------------------------------------------
+
+
+class Replay:
+    def __init__(self, settings: Settings, options: ReplayOptions, *, progress: TextIO | None = None,
+                 client: QueueClient | None = None) -> None:
+        self.settings = settings
+        self.options = options
+        self.progress_stream = progress if progress is not None else sys.stderr
+        self.client = client
+        self.report = ReplayReport(dry_run=options.dry_run)
+        self.replay_id = uuid.uuid4().hex[:12]
+        self.guard = LocalGuard()
+        self.emitted: dict[JobKey, Mapping[str, Any]] = {}  # for --diff: (partition, offset, old destination)
+        self.positions: set[tuple[int, int]] = set()  # task events re-run for a selected destination
+        self.first_event_ms: int | None = None  # timestamp of the earliest task event in the range
+        self.diff_limit = 20
+
+    @property
+    def source_topic(self) -> str:
+        return self.settings.topic("rejected" if self.options.rejected_only else "task-events")
+
+    async def run(self) -> ReplayResult:
+        settings, options = self.settings, self.options
+        self.report.source_topic = self.source_topic
+        consumer = _consumer(settings)
+        await consumer.start()
+        producer: AIOKafkaProducer | None = None
+        own_client = False
+        try:
+            ranges = await self._ranges(consumer)
+            total = sum(r.size for r in ranges)
+            jobs_end: dict[int, int] = {}
+            if options.diff:  # what the live worker had emitted before this replay adds anything
+                _, jobs_end = await _offsets(consumer, settings.topic("jobs"), range(settings.partitions))
+            started = time.monotonic()
+
+            task_ids: set[str] = set()
+            partitions: set[int] = set()
+
+            def note(chunk: list[Any]) -> None:
+                earliest = min(message.timestamp for message in chunk)
+                if self.first_event_ms is None or earliest < self.first_event_ms:
+                    self.first_event_ms = earliest
+                for item in self._inputs(chunk, count=False):
+                    if item.task_id:
+                        task_ids.add(item.task_id)
+                        partitions.add(item.partition)
+
+            await _read(consumer, self.source_topic, ranges, note)
+            definitions = await _load_table(consumer, f"{settings.app_id}-task-definitions-changelog",
+                                            partitions, task_ids.__contains__)
+            listings = await _load_table(consumer, f"{settings.app_id}-run-artifacts-changelog", partitions,
+                                         lambda key: key.partition("/")[0] in task_ids)
+            self.report.from_tables = len(definitions) + len(listings)
+            if options.use_queue and self.client is None:
+                self.client = QueueClient(timeout=settings.queue_timeout, retries=settings.queue_retries)
+                own_client = True
+            lookup = ReplayLookup(definitions, listings, self.client if options.use_queue else None, self.report)
+
+            if not options.dry_run:
+                producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
+                                            enable_idempotence=True, linger_ms=10,
+                                            client_id=f"{settings.app_id}-replay")
+                await producer.start()
+            bar = Progress(total, self.progress_stream)
+            done = 0
+
+            async def rerun(chunk: list[Any]) -> None:
+                nonlocal done
+                await self._rerun(self._inputs(chunk), lookup, producer)
+                done += len(chunk)
+                bar.update(done)
+
+            await _read(consumer, self.source_topic, ranges, rerun)
+            bar.update(done, final=True)
+            self.report.seconds = time.monotonic() - started
+            self.report.suppressed = self.guard.suppressed
+            diff_lines = await self._diff(consumer, jobs_end) if options.diff else []
+            return ReplayResult(self.report, diff_lines, self.replay_id)
+        finally:
+            if producer is not None:
+                await producer.stop()
+            if own_client and self.client is not None:
+                await self.client.close()
+            await consumer.stop()
+
+    async def _ranges(self, consumer: AIOKafkaConsumer) -> list[PartitionRange]:
+        options, topic = self.options, self.source_topic
+        partitions = range(self.settings.partitions)
+        low, high = await _offsets(consumer, topic, partitions)
+        since = None if options.since_ms is None else await _at_time(consumer, topic, partitions, options.since_ms)
+        until = None if options.until_ms is None else await _at_time(consumer, topic, partitions, options.until_ms)
+        return resolve_range(low, high, since=since, until=until, from_offsets=options.from_offsets,
+                             to_offsets=options.to_offsets)
+
+    def _inputs(self, chunk: list[Any], *, count: bool = True) -> list[_Input]:
+        """The records of a chunk as inputs to re-run; rejected-topic records that cannot be re-run are counted."""
+        out = []
+        for message in chunk:
+            if count:
+                self.report.events += 1
+            if not self.options.rejected_only:
+                task_id = message.key.decode("utf-8", "replace") if message.key else None
+                try:
+                    envelope = orjson.loads(message.value)
+                except orjson.JSONDecodeError:
+                    envelope = None  # re-run as the worker would: a rejection, counted
+                out.append(_Input(task_id, envelope if envelope is not None else message.value,
+                                  message.partition, message.offset))
+                continue
+            try:
+                rejected = records.decode_rejected_record(message.value)
+            except records.RecordError as error:
+                if count:
+                    self.report.skipped_records[reason_class(str(error))] += 1
+                continue
+            skip = NOT_RERUN_STAGES.get(rejected.stage)
+            if skip is None and rejected.kind == "ignored" and not self.options.include_ignored:
+                skip = "ignored, not rejected (add --include-ignored)"
+            if skip is not None:
+                if count:
+                    self.report.skipped_records[skip] += 1
+                continue
+            source = rejected.source or {}
+            partition, offset = source.get("partition"), source.get("offset")
+            if not isinstance(partition, int) or not isinstance(offset, int):
+                partition, offset = message.partition, -1 - message.offset  # never on task-events
+            out.append(_Input(rejected.task_id, rejected.envelope, partition, offset))
+        return out
+
+    async def _rerun(self, inputs: list[_Input], lookup: ReplayLookup, producer: AIOKafkaProducer | None) -> None:
+        by_task: dict[str | None, list[_Input]] = {}
+        for item in inputs:
+            by_task.setdefault(item.task_id, []).append(item)
+        outcomes = await asyncio.gather(*(self._task_outcomes(group, lookup) for group in by_task.values()))
+        futures = []
+        for group, group_outcomes in zip(by_task.values(), outcomes, strict=True):
+            for item, outcome in zip(group, group_outcomes, strict=True):
+                for value in self._records(item, outcome, lookup):
+                    if producer is not None:
+                        futures.append(await producer.send(self.settings.topic("jobs"), value,
+                                                           key=records.task_key(item.task_id)))
+        if futures:
+            await asyncio.gather(*futures)  # raises when Kafka refuses: the replay stops, saying so
+
+    async def _task_outcomes(self, group: list[_Input], lookup: ReplayLookup) -> list[Outcome]:
+        outcomes = []
+        for item in group:
+            outcomes.append(await self._outcome(item, lookup))
+        return outcomes
+
+    async def _outcome(self, item: _Input, lookup: ReplayLookup) -> Outcome:
+        if isinstance(item.envelope, bytes | str):
+            return Rejected(item.task_id, "task-events record is not JSON", Stage.ENVELOPE)
+        task_id = records.payload_task_id(item.envelope.get("payload")) if isinstance(item.envelope, dict) else None
+        if task_id and task_id not in lookup.definitions and not self.options.use_queue:
+            return Rejected(task_id, "task definition not in the worker's task-definitions table "
+                                     "(--no-queue forbids asking the Queue API)", Stage.TASK)
+        try:
+            return await process(item.envelope, lookup, self.options.selection.replay_rules,
+                                 default_root_url=self.settings.taskcluster_root_url)
+        except QueueUnavailable as error:
+            return Rejected(task_id, f"Queue API unavailable: {error}", Stage.TASK)
+
+    def _records(self, item: _Input, outcome: Outcome, lookup: ReplayLookup) -> list[bytes]:
+        """Job records of one outcome that pass the selection and the local guard; counts the rest."""
+        selection, report = self.options.selection, self.report
+        task = lookup.definitions.get(item.task_id or "")
+        prefix = route_prefix(task, selection.rules) if task is not None else None
+        if prefix is not None and not selection.wants_prefix(prefix):
+            report.other_destination += 1
+            return []
+        if prefix is not None:
+            self.positions.add((item.partition, item.offset))
+        if not isinstance(outcome, Jobs):
+            counter = report.ignored if isinstance(outcome, Ignored) else report.rejected
+            counter[reason_class(outcome.reason)] += 1
+            return []
+        out = []
+        for message in outcome.messages:
+            if not selection.wants_project(message.project):
+                report.other_project += 1
+                continue
+            if not self.guard.admit(message):
+                continue
+            report.jobs[message.destination] += 1
+            if self.options.diff and prefix is not None:
+                self.emitted[(item.partition, item.offset, selection.original_destination(prefix))] = message.job
+            out.append(orjson.dumps({
+                **message.to_record(),
+                "source": {"partition": item.partition, "offset": item.offset} if item.offset >= 0 else None,
+                "replay": {"id": self.replay_id, "at": records.utc_now_iso(),
+                           "from": "rejected" if self.options.rejected_only else "task-events"},
+            }))
+        return out
+
+    async def _diff(self, consumer: AIOKafkaConsumer, jobs_end: Mapping[int, int]) -> list[str]:
+        """Old job records (no replay marker) of the re-run events, matched by source position and destination."""
+        selection = self.options.selection
+        positions = self.positions
+        destinations = {selection.original_destination(prefix) for prefix in selection.prefixes}
+        topic = self.settings.topic("jobs")
+        partitions = range(self.settings.partitions)
+        low, _ = await _offsets(consumer, topic, partitions)
+        start = low
+        if self.first_event_ms is not None:  # the worker wrote these jobs after it read their events
+            found = await _at_time(consumer, topic, partitions, self.first_event_ms)
+            start = {p: (jobs_end[p] if found[p] is None else found[p]) for p in partitions}
+        ranges = [PartitionRange(p, start[p], jobs_end[p]) for p in partitions]
+        old: dict[JobKey, Mapping[str, Any]] = {}
+
+        def keep(chunk: list[Any]) -> None:
+            for message in chunk:
+                try:
+                    data = orjson.loads(message.value)
+                except orjson.JSONDecodeError:
+                    continue
+                source = data.get("source") if isinstance(data, dict) else None
+                if not isinstance(source, dict) or "replay" in data:
+                    continue  # not a job record, or one a replay emitted
+                position = (source.get("partition"), source.get("offset"))
+                if position in positions and data.get("destination") in destinations \
+                        and selection.wants_project(data.get("project")):
+                    old[(*position, data["destination"])] = data.get("job")
+
+        await _read(consumer, topic, ranges, keep)
+        return diff_jobs(old, self.emitted).lines(self.diff_limit)
