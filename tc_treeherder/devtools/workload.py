@@ -35,6 +35,11 @@ QUEUE_PAGE_SIZE = 1000
 _DEADLINE_MS = 86_400_000  # a day after creation, as Firefox CI sets it
 
 
+_LIFECYCLE_FRACTIONS = ("retry_fraction", "failed_fraction", "canceled_fraction", "superseded_fraction",
+                        "exception_fraction", "deadline_fraction", "rerun_fraction", "unfinished_fraction")
+_CONFIG_FRACTIONS = ("no_route_fraction", "no_config_fraction", "bad_config_fraction")
+
+
 class Lifecycle(StrEnum):
     """How a task's runs unfold."""
 
@@ -87,6 +92,19 @@ class WorkloadOptions:
     large_listing_fraction: float = 0.003  # resolved runs whose artifact listing spans two pages
     large_listing_size: int = QUEUE_PAGE_SIZE + 37
     max_group_size: int = 120
+
+    def __post_init__(self) -> None:
+        """Reject a mix that cannot hold (a fraction outside [0, 1], or per-task fractions adding up past 1)."""
+        fractions = {name: getattr(self, name) for name in self.__dataclass_fields__ if name.endswith("_fraction")}
+        for name, value in fractions.items():
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, not {value}")
+        for group in (_LIFECYCLE_FRACTIONS, _CONFIG_FRACTIONS):
+            total = sum(fractions[name] for name in group)
+            if total > 1.0 + 1e-9:
+                raise ValueError(f"{' + '.join(group)} add up to {total:.3f}, more than 1")
+        if self.tasks < 0 or (self.events is not None and self.events < 0) or self.max_group_size < 1:
+            raise ValueError("tasks, events and max_group_size must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
