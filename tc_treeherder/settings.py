@@ -63,6 +63,8 @@ class Settings:
     state_dir: Path = field(default_factory=lambda: _state_home())
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    source_web_port: int = 0  # /metrics and /healthz of the source; 0: off
+    sink_web_port: int = 0  # /metrics and /healthz of the sink; 0: off
     source_prefetch: int = 500
     sink_max_in_flight: int = 1000
 
@@ -239,6 +241,8 @@ _SCALARS: tuple[tuple[str, str, str, Callable[[Any], Any], str], ...] = (
     ("state_dir", "TC_TREEHERDER_STATE_DIR", "state_dir", Path, "a directory path"),
     ("web_host", "TC_TREEHERDER_WEB_HOST", "web_host", str, "a host name or address"),
     ("web_port", "TC_TREEHERDER_WEB_PORT", "web_port", _port, "a port number (0 picks a free one)"),
+    ("source_web_port", "TC_TREEHERDER_SOURCE_WEB_PORT", "source_web_port", _port, "a port number (0: off)"),
+    ("sink_web_port", "TC_TREEHERDER_SINK_WEB_PORT", "sink_web_port", _port, "a port number (0: off)"),
     ("source_prefetch", "TC_TREEHERDER_SOURCE_PREFETCH", "source_prefetch", _positive_int,
      "a positive integer"),
     ("sink_max_in_flight", "TC_TREEHERDER_SINK_MAX_IN_FLIGHT", "sink_max_in_flight", _positive_int,
