@@ -34,6 +34,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     loop.run_until_complete(ensure_topics(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     worker = create_worker(settings)
+    if settings.web_port:  # /metrics, /status, /status.json and /explain on Faust's web server
+        from tc_treeherder.observability.worker_pages import attach
+
+        attach(worker, settings)
     logging.getLogger("streams").setLevel(args.loglevel.upper())
     faust_worker = Worker(worker.app, loglevel=args.loglevel, loop=loop, redirect_stdouts=False,
                           workdir=str(settings.data_dir))

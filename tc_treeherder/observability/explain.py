@@ -7,6 +7,7 @@ task definition, read from a file, or read back from the task-events topic) and 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,8 @@ from streams.core.rules import Rules
 from streams.pipeline import TaskLookup, process
 from streams.queue_api import QueueError, QueueUnavailable
 
+# Taskcluster's taskId pattern (a v4 slugid), as the Queue API checks it.
+TASK_ID = re.compile(r"^[A-Za-z0-9_-]{8}[Q-T][A-Za-z0-9_-][CGKOSWaeimquy26-][A-Za-z0-9_-]{10}[AQgw]$")
 WORKER_GROUP = "explain"
 WORKER_ID = "explain-worker"
 

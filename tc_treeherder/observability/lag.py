@@ -17,7 +17,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IncompatibleBrokerVersion, KafkaError
+from aiokafka.protocol.admin import DescribeGroupsRequest, DescribeGroupsRequest_v1, DescribeGroupsRequest_v2
 
 from tc_treeherder.settings import Destination, Settings
 
@@ -199,6 +200,10 @@ class LagMonitor:
         admin, consumer = await self._connect()
         at = time.time()
         count = self.settings.partitions
+        missing = [topic for topic in self.topics if topic not in await consumer.topics()]
+        if missing:  # asking offsets of a missing topic would wait for its metadata until the timeout
+            return LagReport(at=at, error=f"topic(s) {', '.join(missing)} do not exist: no process has created "
+                                          f"them yet (check TC_TREEHERDER_NAMESPACE and the Kafka address)")
         partitions = [TopicPartition(topic, p) for topic in self.topics for p in range(count)]
         ends = await consumer.end_offsets(partitions)
         starts = await consumer.beginning_offsets(partitions)
@@ -220,17 +225,27 @@ class LagMonitor:
         return LagReport(at=at, groups=tuple(groups), topics=topics)
 
 
+class _DescribeGroups(DescribeGroupsRequest):
+    """DescribeGroups at v1-v2 only: aiokafka 0.14 decodes a v3 answer with the v2 layout and loses the
+    connection (its ``DescribeGroupsRequest_v3.RESPONSE_TYPE`` lacks ``authorized_operations``)."""
+
+    def prepare(self, versions: dict[int, tuple[int, int]]) -> Any:
+        low, high = versions.get(self.API_KEY, (0, 2))
+        for struct in (DescribeGroupsRequest_v2, DescribeGroupsRequest_v1):
+            if low <= struct.API_VERSION <= high:
+                return struct(self._groups)
+        raise IncompatibleBrokerVersion(f"DescribeGroups v{low}-v{high} is not supported here")
+
+
 async def _describe(admin: AIOKafkaAdminClient, group_ids: list[str]) -> dict[str, tuple[str | None, int | None]]:
-    """Group id -> (state, member count), from DescribeGroups; the raw response is a tuple per group."""
+    """Group id -> (state, member count); each group asked of its coordinator."""
     result: dict[str, tuple[str | None, int | None]] = {}
-    if not group_ids:
-        return result
-    for response in await admin.describe_consumer_groups(group_ids):
-        for group in response.groups:
-            error_code, group_id, state = group[0], group[1], group[2]
-            members = group[5] if len(group) > 5 else ()
+    for group_id in group_ids:
+        coordinator = await admin.find_coordinator(group_id)
+        response = await admin._send_request(_DescribeGroups([group_id]), coordinator)
+        for error_code, name, state, _protocol_type, _protocol, members, *_ in response.groups:
             if error_code == 0:
-                result[group_id] = (state or None, len(members))
+                result[name] = (state or None, len(members))
     return result
 
 
@@ -266,6 +281,8 @@ async def read_recent_rejections(settings: Settings, per_partition: int = 10,
     try:
         async with asyncio.timeout(wait):
             await consumer.start()
+            if topic not in await consumer.topics():
+                return []
             tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
             ends = await consumer.end_offsets(tps)
             starts = await consumer.beginning_offsets(tps)
