@@ -162,7 +162,8 @@ class LagMonitor:
             async with asyncio.timeout(PROBE_TIMEOUT):
                 report = await self._read_kafka()
         except (KafkaError, OSError, TimeoutError) as error:
-            message = f"{type(error).__name__}: {error}".rstrip(": ") if str(error) else type(error).__name__
+            text, name = str(error), type(error).__name__
+            message = text if text.startswith(name) else f"{name}: {text}".rstrip(": ")
             if isinstance(error, TimeoutError):
                 message = f"Kafka at {self.settings.kafka_bootstrap} did not answer within {PROBE_TIMEOUT:g}s"
             log.warning("consumer lag: %s", message)
