@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 import orjson
@@ -29,6 +29,7 @@ from faust.types import EventT
 from streams.core.rules import Rules
 from streams.processor import EventProcessor, OutputRecord, RetryPolicy, SourceEvent
 from streams.queue_api import QueueClient
+from streams.topics import TABLES
 from tc_treeherder.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -128,11 +129,8 @@ def create_worker(settings: Settings, *, client: QueueClient | None = None,
     events_topic = app.topic(settings.topic("task-events"), partitions=settings.partitions, **raw)
     jobs_topic = app.topic(settings.topic("jobs"), partitions=settings.partitions, **raw)
     rejected_topic = app.topic(settings.topic("rejected"), partitions=settings.partitions, **raw)
-    tables = WorkerTables(
-        definitions=_raw_table(app, "task-definitions", settings.partitions),
-        artifacts=_raw_table(app, "run-artifacts", settings.partitions),
-        emitted=_raw_table(app, "emitted-states", settings.partitions),
-    )
+    # In the order of WorkerTables' fields; ensure_topics has created their changelogs already.
+    tables = WorkerTables(*(_raw_table(app, name, settings.partitions) for name in TABLES))
     worker = Worker(app=app, tables=tables)
     rules = Rules.from_settings(settings)
     outputs = {"jobs": jobs_topic, "rejected": rejected_topic}
@@ -163,10 +161,30 @@ def create_worker(settings: Settings, *, client: QueueClient | None = None,
                 )
                 for event in batch
             ]
-            produced = await processor().process_batch(sources)
-            await _deliver(produced, outputs, app)
+            try:
+                produced = await processor().process_batch(sources)
+                await _deliver(produced, outputs, app)
+            except BaseException as error:  # nothing is swallowed: the process exits
+                _exit_unacknowledged(error)
 
     return worker
+
+
+def _exit_unacknowledged(error: BaseException) -> NoReturn:
+    """Leave without acknowledging the batch in hand.
+
+    Faust acknowledges a batch whatever ends its loop body, and a later commit would then skip events whose
+    jobs never reached Kafka. ``EventProcessor`` turns every bad event into a record, so reaching this is a
+    bug, a broken dependency or a shutdown that did not wait for the batch; the batch is read again by
+    whichever worker next owns the partitions.
+    """
+    if isinstance(error, asyncio.CancelledError):
+        log.critical("worker cancelled in the middle of a batch: exiting without acknowledging it")
+    else:
+        log.critical("unexpected failure in the middle of a batch: exiting without acknowledging it",
+                     exc_info=error)
+    logging.shutdown()
+    os._exit(70)
 
 
 def _raw_table(app: faust.App, name: str, partitions: int) -> faust.Table:
@@ -201,8 +219,7 @@ async def _deliver(produced: list[OutputRecord], outputs: Mapping[str, faust.Top
         errors = {type(result).__name__ for result in results if isinstance(result, BaseException)}
         log.error("%d of %d records not delivered to Kafka (%s); retrying", len(failed), len(pending), errors)
         if app.should_stop:
-            log.critical("stopping with undelivered output: exiting without acknowledging the batch")
-            os._exit(75)
+            raise RuntimeError(f"stopping with {len(failed)} records Kafka has not taken")
         await asyncio.sleep(delay)
         delay = min(delay * 2, 10.0)
         pending = failed

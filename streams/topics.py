@@ -3,7 +3,8 @@
 The worker's tables are co-partitioned with the task-events topic, and a task's records keep one partition
 from topic to topic, so every topic has ``settings.partitions`` partitions. A topic that already exists with
 another count is an error, never silently used: keys would land on other partitions than the tables expect.
-Faust creates only its own changelog topics; everything here is created by every process at start.
+The worker's table changelogs are created here too, compacted, before Faust starts: Faust would create them
+itself, but a table written before the new topic's metadata reaches the worker fails its co-partitioning check.
 """
 
 from __future__ import annotations
@@ -51,6 +52,17 @@ class TopicNames:
         return (self.task_events, self.jobs, self.rejected)
 
 
+# The worker's tables (see streams/app.py); Faust names a table's changelog "<app id>-<table>-changelog".
+TABLES = ("task-definitions", "run-artifacts", "emitted-states")
+
+
+def changelog_topic(settings: Settings, table: str) -> str:
+    return f"{settings.app_id}-{table}-changelog"
+
+
+def changelog_topics(settings: Settings) -> tuple[str, ...]:
+    return tuple(changelog_topic(settings, table) for table in TABLES)
+
 
 def sink_group(settings: Settings, destination_name: str) -> str:
     """The consumer group of one destination's sink loop: its own offsets, so it waits for no other."""
@@ -72,9 +84,13 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         "cleanup.policy": "delete",
         "max.message.bytes": str(max_record_bytes(settings)),
     }
+    compacted = {"cleanup.policy": "compact", "max.message.bytes": str(max_record_bytes(settings))}
     return [
         NewTopic(name, settings.partitions, settings.replication_factor, topic_configs=dict(configs))
         for name in names.all
+    ] + [
+        NewTopic(name, settings.partitions, settings.replication_factor, topic_configs=dict(compacted))
+        for name in changelog_topics(settings)
     ]
 
 
@@ -88,12 +104,13 @@ async def ensure_topics(settings: Settings, *, wait_for_kafka: float = 60.0) -> 
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="tc-treeherder-topics")
     await _start_patiently(admin, wait_for_kafka)
     try:
-        existing = await _partition_counts(admin, names.all)
+        all_names = names.all + changelog_topics(settings)
+        existing = await _partition_counts(admin, all_names)
         missing = [spec for spec in topic_specs(settings) if spec.name not in existing]
         if missing:
             await _create(admin, missing)
-            existing = await _partition_counts(admin, names.all)
-        for name in names.all:
+            existing = await _partition_counts(admin, all_names)
+        for name in all_names:
             count = existing.get(name)
             if count != settings.partitions:
                 raise TopicError(
