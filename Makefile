@@ -24,8 +24,8 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-# Until the stream is built, the demo stops once the local stack is up. The main job is one line:
-DEMO := $(VENV)/bin/tc-treeherder up && echo "make demo: the brokers are up; the bridge itself is not built yet."
+# The main job: the local stack, the bridge and the simulator, watched live (see tc-treeherder demo --help).
+DEMO := $(VENV)/bin/tc-treeherder demo
 demo: $(STAMP)
 	$(DEMO)
 

@@ -1,0 +1,255 @@
+"""Run the whole pipeline on this machine and watch what reaches the jobs exchanges.
+
+``LocalPipeline`` starts the real ``tc-treeherder`` processes (source, workers, sink) as subprocesses with
+one environment, and can stop, kill and restart any of them: the demo, the end-to-end tests, the fault
+harness and the benchmarks all drive the pipeline through it. ``JobObserver`` consumes every enabled
+destination's jobs exchange and keeps what a user would look at: counts by state and result, the latest
+jobs, and each run's last state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import aio_pika
+import orjson
+
+from tc_treeherder.settings import Settings
+
+COMMANDS = ("source", "worker", "sink")
+
+
+@dataclass(slots=True)
+class ManagedProcess:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    log_file: IO[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class LocalPipeline:
+    """The source, ``workers`` workers and the sink as real processes sharing one set of settings."""
+
+    def __init__(self, env: Mapping[str, str], log_dir: Path, *, workers: int = 1,
+                 extra_args: Mapping[str, list[str]] | None = None) -> None:
+        self.log_dir = log_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
+        base = dict(env)
+        state_dir = Path(base.get("TC_TREEHERDER_STATE_DIR") or log_dir)
+        self.processes: dict[str, ManagedProcess] = {}
+        extra_args = extra_args or {}
+        self._add("source", base, extra_args.get("source", []))
+        for index in range(workers):
+            worker_env = {**base, "TC_TREEHERDER_DATA_DIR": str(state_dir / f"worker-{index}"),
+                          "TC_TREEHERDER_WORKER_ID": f"worker-{index}"}
+            if base.get("TC_TREEHERDER_WEB_PORT", "0") != "0":
+                worker_env["TC_TREEHERDER_WEB_PORT"] = str(int(base["TC_TREEHERDER_WEB_PORT"]) + index)
+            self._add(f"worker-{index}", worker_env, extra_args.get("worker", []), command="worker")
+        self._add("sink", base, extra_args.get("sink", []))
+
+    def _add(self, name: str, env: dict[str, str], extra: list[str], command: str | None = None) -> None:
+        argv = [sys.executable, "-m", "tc_treeherder.cli", command or name, *extra]
+        self.processes[name] = ManagedProcess(name, argv, env, self.log_dir / f"{name}.log")
+
+    @property
+    def workers(self) -> list[str]:
+        return [name for name in self.processes if name.startswith("worker-")]
+
+    def start(self, *names: str) -> None:
+        for name in names or tuple(self.processes):
+            managed = self.processes[name]
+            if managed.running:
+                continue
+            managed.log_file = open(managed.log_path, "ab")  # noqa: SIM115 - closed when the process ends
+            managed.process = subprocess.Popen(managed.argv, env=managed.env, stdout=managed.log_file,
+                                               stderr=subprocess.STDOUT, start_new_session=True)
+            managed.starts += 1
+
+    def stop(self, *names: str, timeout: float = 30.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``: a clean shutdown where the process allows one."""
+        for name in names or tuple(reversed(self.processes)):
+            self._signal(name, signal.SIGTERM)
+        for name in names or tuple(reversed(self.processes)):
+            self._reap(name, timeout)
+
+    def kill(self, *names: str) -> None:
+        """SIGKILL: the process gets no chance to commit, ack or flush anything."""
+        for name in names:
+            self._signal(name, signal.SIGKILL)
+            self._reap(name, 10.0)
+
+    def restart(self, *names: str) -> None:
+        self.stop(*names)
+        self.start(*names)
+
+    def exited(self) -> dict[str, int]:
+        """Processes that ended on their own, with their exit codes."""
+        return {name: managed.process.returncode for name, managed in self.processes.items()
+                if managed.process is not None and managed.process.poll() is not None}
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.processes[name].log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def _signal(self, name: str, sig: signal.Signals) -> None:
+        managed = self.processes[name]
+        if managed.running and managed.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                managed.process.send_signal(sig)
+
+    def _reap(self, name: str, timeout: float) -> None:
+        managed = self.processes[name]
+        if managed.process is None:
+            return
+        try:
+            managed.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            managed.process.kill()
+            managed.process.wait()
+        if managed.log_file is not None:
+            managed.log_file.close()
+            managed.log_file = None
+
+    def __enter__(self) -> LocalPipeline:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+@dataclass(slots=True)
+class ObservedJob:
+    destination: str
+    routing_key: str
+    task_id: str
+    state: str
+    result: str
+    symbol: str
+    name: str
+    at: float
+
+
+@dataclass(slots=True)
+class JobObserver:
+    """Counts what arrives on the destinations' jobs exchanges, from a queue of its own on each."""
+
+    settings: Settings
+    durable_queue: str | None = None  # a named durable queue survives broker restarts (fault harness)
+    received: int = 0
+    by_destination: Counter[str] = field(default_factory=Counter)
+    by_state: Counter[str] = field(default_factory=Counter)  # "state/result"
+    last_state: dict[str, tuple[str, str]] = field(default_factory=dict)  # job taskId (slug uuid/run) -> last
+    per_message: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (job, state, result) seen
+    latest: deque[ObservedJob] = field(default_factory=lambda: deque(maxlen=8))
+    first_at: float | None = None
+    last_at: float | None = None
+    _connections: list[aio_pika.abc.AbstractRobustConnection] = field(default_factory=list)
+
+    async def start(self) -> None:
+        for destination in self.settings.destinations:
+            if not destination.enabled:
+                continue
+            connection = await aio_pika.connect_robust(destination.pulse_url)
+            self._connections.append(connection)
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=1000)
+            exchange = await channel.declare_exchange(destination.exchange, aio_pika.ExchangeType.TOPIC,
+                                                      durable=True)
+            if self.durable_queue:
+                queue = await channel.declare_queue(f"{self.durable_queue}.{destination.name}", durable=True)
+            else:
+                queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            await queue.bind(exchange, routing_key=f"{destination.name}.#")
+            await queue.consume(self._on_message)
+
+    async def _on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        job = orjson.loads(message.body)
+        now = time.monotonic()
+        self.first_at = self.first_at or now
+        self.last_at = now
+        destination = (message.routing_key or "").split(".", 1)[0]
+        state, result = job.get("state", "?"), job.get("result", "unknown")
+        self.received += 1
+        self.by_destination[destination] += 1
+        self.by_state[f"{state}/{result}"] += 1
+        job_id = f"{destination}/{job.get('taskId')}"
+        self.per_message[(job_id, state, result)] += 1
+        self.last_state[job_id] = (state, result)
+        display = job.get("display", {})
+        self.latest.append(ObservedJob(destination, message.routing_key or "", job.get("taskId", "?"), state,
+                                       result, display.get("jobSymbol", "?"), display.get("jobName", "?"), now))
+        await message.ack()
+
+    @property
+    def duplicates(self) -> int:
+        """Messages that repeat a job's state and result already received (at-least-once redeliveries)."""
+        return sum(count - 1 for count in self.per_message.values())
+
+    async def wait_for(self, count: int, *, idle: float, limit: float) -> bool:
+        """Wait until ``count`` messages arrived; give up after ``idle`` s without one, or ``limit`` s."""
+        started = time.monotonic()
+        last_count, last_change = self.received, started
+        while self.received < count:
+            await asyncio.sleep(0.1)
+            now = time.monotonic()
+            if self.received != last_count:
+                last_count, last_change = self.received, now
+            if now - last_change > idle or now - started > limit:
+                return False
+        return True
+
+    async def close(self) -> None:
+        for connection in self._connections:
+            with contextlib.suppress(aio_pika.exceptions.AMQPError, OSError):
+                await connection.close()
+        self._connections.clear()
+
+
+async def wait_for_consumer(pulse_url: str, queue: str, patience: float = 60.0) -> bool:
+    """Wait until ``queue`` exists and has a consumer: events published before that would find no queue."""
+    connection = await aio_pika.connect(pulse_url)
+    deadline = time.monotonic() + patience
+    try:
+        while time.monotonic() < deadline:
+            channel = await connection.channel()
+            try:
+                declared = await channel.declare_queue(queue, passive=True)
+                if declared.declaration_result.consumer_count > 0:
+                    return True
+            except aio_pika.exceptions.ChannelClosed:
+                pass  # not declared yet: a passive declare of a missing queue closes the channel
+            await asyncio.sleep(0.2)
+        return False
+    finally:
+        await connection.close()
+
+
+def expected_job_count(expected: Iterable[Any]) -> int:
+    """Job messages the simulated workload should produce: the simulator's independent oracle."""
+    return sum(run.jobs for run in expected if run.delivered and run.outcome == "jobs")
+
+
+def pipeline_env(settings_env: Mapping[str, str], **overrides: str) -> dict[str, str]:
+    """The environment for the pipeline's processes: the caller's, with the given settings variables."""
+    env = {**os.environ, **settings_env}
+    env.update(overrides)
+    return env
