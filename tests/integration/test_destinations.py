@@ -172,12 +172,12 @@ def processes(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]
                 process.wait()
 
 
-async def cli(env: dict[str, str], *args: str, timeout: float = 120.0) -> tuple[int, str, str]:
+async def cli(env: dict[str, str], *args: str, within: float = 120.0) -> tuple[int, str, str]:
     """Run ``tc-treeherder <args>`` without blocking the loop (the Queue stand-in lives in it)."""
     process = await asyncio.create_subprocess_exec(sys.executable, "-m", "tc_treeherder.cli", *args, env=env,
                                                    cwd=REPO, stdout=asyncio.subprocess.PIPE,
                                                    stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    out, err = await asyncio.wait_for(process.communicate(), within)
     return process.returncode or 0, out.decode(), err.decode()
 
 
