@@ -108,11 +108,6 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     except ValueError as error:
         print(f"tc-treeherder simulate: {error}", file=sys.stderr)
         return 2
-    if args.no_publish and args.no_register and not (args.events_out or args.expected or args.tasks_out
-                                                     or args.artifacts_out):
-        print("tc-treeherder simulate: with --no-publish and --no-register, name an output "
-              "(--events-out, --expected, --tasks-out, --artifacts-out)", file=sys.stderr)
-        return 2
     try:
         with _Outputs(args, root_url) as outputs:
             report = asyncio.run(_simulate(args, settings, options, outputs))
