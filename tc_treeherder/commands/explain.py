@@ -7,7 +7,6 @@ so the answer is the worker's answer. Logic: ``tc_treeherder.observability.expla
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,6 @@ exit status: 0 the task reaches Treeherder (at least one job message), 1 it does
 told: Queue API or Kafka unreachable), 2 the command was misused.
 """
 
-TASK_ID = re.compile(r"^[A-Za-z0-9_-]{8}[Q-T][A-Za-z0-9_-][CGKOSWaeimquy26-][A-Za-z0-9_-]{10}[AQgw]$")
 PLACEHOLDER_TASK_ID = "AAAAAAAAQACAAAAAAAAAAA"  # stands for the taskId of a definition given without one
 
 COLORS = {"jobs": "32", "ignored": "33", "rejected": "31", "dim": "2", "bold": "1"}
@@ -49,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Any) -> int:
     import asyncio
+
+    from tc_treeherder.observability.explain import TASK_ID
 
     root_url = (args.root_url or settings.taskcluster_root_url).rstrip("/")
     if not root_url.startswith(("http://", "https://")):
