@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from connectors.base import Backoff, Connector
 from connectors.pulse_source import AMQP_TRANSIENT, SessionLost
 from streams import records
 from streams.topics import TopicNames, sink_group
+from tc_treeherder.observability.tally import LatencyTally
 from tc_treeherder.settings import Destination, Settings
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class DestinationCounts:
     passed_over: int = 0  # records for other destinations
     rejected: int = 0  # records that are not job records
     reconnects: int = 0
+    confirm_latency: LatencyTally = field(default_factory=LatencyTally)  # publish -> broker confirm
 
 
 @dataclass(slots=True)
@@ -231,11 +234,13 @@ class DestinationLoop:
                        offset: int) -> None:
         message = aio_pika.Message(record.job_body(), content_type="application/json",
                                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+        started = time.monotonic()
         try:
             await exchange.publish(message, routing_key=record.routing_key)
         except (*AMQP_TRANSIENT, aio_pika.exceptions.DeliveryError) as error:
             self._fail(error)
         else:
+            self.counts.confirm_latency.observe(time.monotonic() - started)
             self.counts.published += 1
             self.tracker.settled(tp, offset)
         finally:
