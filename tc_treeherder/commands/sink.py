@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from connectors.pulse_sink import PulseSink
     from streams.topics import TopicError, ensure_topics
+    from tc_treeherder.observability.web import metrics_server
 
     known = {d.name: d for d in settings.destinations} | {d.route_prefix: d for d in settings.destinations}
     unknown = [name for name in args.destination if name not in known]
@@ -54,7 +55,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         except TopicError as error:
             logging.getLogger("connectors").error("%s", error)
             return 1
-        await PulseSink(settings, chosen).serve()
+        sink = PulseSink(settings, chosen)
+        async with metrics_server(settings, "sink", sink):
+            await sink.serve()
         return 0
 
     return asyncio.run(main())

@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from connectors.pulse_source import PulseSource
     from streams.topics import TopicError, ensure_topics
+    from tc_treeherder.observability.web import metrics_server
 
     logging.getLogger("connectors").setLevel(args.loglevel.upper())
     logging.getLogger("streams").setLevel(args.loglevel.upper())
@@ -37,7 +38,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         except TopicError as error:
             logging.getLogger("connectors").error("%s", error)
             return 1
-        await PulseSource(settings).serve()
+        source = PulseSource(settings)
+        async with metrics_server(settings, "source", source):
+            await source.serve()
         return 0
 
     return asyncio.run(main())

@@ -75,3 +75,23 @@ class MetricsServer:
         body = {"process": self.process, "ok": bool(details.get("ok", True)),
                 "uptime": round(time.time() - self.started, 1), **details}
         return web.json_response(body, status=200 if body["ok"] else 503)
+
+
+def metrics_server(settings: Any, process: str, connector: Any) -> MetricsServer:
+    """The /metrics server of the source or the sink, on its configured port (0: none).
+
+    The sink's server also reports the lag of its destinations' consumer groups.
+    """
+    from tc_treeherder.observability.lag import LagMonitor, sink_groups
+    from tc_treeherder.observability.metrics import LagCollector, SinkCollector, SourceCollector, build_registry
+
+    monitor = None
+    if process == "sink":
+        monitor = LagMonitor(settings, sink_groups(settings, connector.destinations))
+        registry = build_registry("sink", SinkCollector(connector), LagCollector(monitor))
+        port = settings.sink_web_port
+    else:
+        registry = build_registry("source", SourceCollector(connector))
+        port = settings.source_web_port
+    return MetricsServer(process, settings.web_host, port, registry, monitor=monitor,
+                         health=lambda: {"ok": not connector.stopping, "stopping": connector.stopping})
