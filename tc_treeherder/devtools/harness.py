@@ -157,7 +157,8 @@ class JobObserver:
     received: int = 0
     by_destination: Counter[str] = field(default_factory=Counter)
     by_state: Counter[str] = field(default_factory=Counter)  # "state/result"
-    last_state: dict[str, tuple[str, str]] = field(default_factory=dict)  # job taskId (slug uuid/run) -> last
+    last_state: dict[str, tuple[str, str]] = field(default_factory=dict)  # "<destination>/<uuid>/<run>" -> last
+    history: dict[str, list[str]] = field(default_factory=dict)  # the same key -> every state received, in order
     per_message: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (job, state, result) seen
     latest: deque[ObservedJob] = field(default_factory=lambda: deque(maxlen=8))
     first_at: float | None = None
@@ -194,6 +195,7 @@ class JobObserver:
         job_id = f"{destination}/{job.get('taskId')}"
         self.per_message[(job_id, state, result)] += 1
         self.last_state[job_id] = (state, result)
+        self.history.setdefault(job_id, []).append(state)
         display = job.get("display", {})
         self.latest.append(ObservedJob(destination, message.routing_key or "", job.get("taskId", "?"), state,
                                        result, display.get("jobSymbol", "?"), display.get("jobName", "?"), now))
