@@ -109,7 +109,7 @@ def chart(points: Sequence[Mapping[str, float]], width: int = 760, height: int =
         label = scale * (4 - i) / 4
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e3e8ee"/>')
         parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="10" fill="#6b7785">'
-                     f'{label:,.0f}</text>')
+                     f'{_tick(label)}</text>')
     if len(points) >= 2:
         t0, t1 = points[0]["at"], points[-1]["at"]
         span = max(t1 - t0, 1e-9)
@@ -129,6 +129,11 @@ def chart(points: Sequence[Mapping[str, float]], width: int = 760, height: int =
                      f'fill="#6b7785">collecting samples (one every few seconds)</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _tick(value: float) -> str:
+    """An axis label: whole numbers as such, small fractions with one decimal."""
+    return f"{value:,.0f}" if value == int(value) or value >= 10 else f"{value:.1f}"
 
 
 def _nice(peak: float) -> float:
