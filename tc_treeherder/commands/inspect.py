@@ -21,7 +21,7 @@ examples:
   tc-treeherder inspect                                    # every enabled destination's jobs exchange
   tc-treeherder inspect --project autoland --result fail   # only failed autoland jobs
   tc-treeherder inspect --pattern 'tc-treeherder.mozilla-central.#'
-  tc-treeherder inspect --tasks --state exception          # task events as the Queue sends them
+  tc-treeherder inspect --task-events --state exception    # task events as the Queue sends them
   tc-treeherder inspect --json --count 10 --timeout 60 > jobs.jsonl
 
 The queue is bound with --pattern (default '#'); jobs are published with routing key
@@ -121,7 +121,7 @@ def pretty(seen: Seen, *, color: bool, label_width: int = 90) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--tasks", action="store_true",
+    source.add_argument("--task-events", action="store_true",
                         help="watch the Queue's six task exchanges instead of the jobs exchanges")
     source.add_argument("--destination", action="append", default=[], metavar="NAME",
                         help="watch only this destination's jobs exchange (name or route prefix; repeatable)")
@@ -162,7 +162,7 @@ def _usage(message: str) -> int:
 
 def _targets(args: argparse.Namespace, settings: Any) -> dict[str, list[str]]:
     """Pulse URL -> exchanges to bind."""
-    if args.tasks:
+    if args.task_events:
         from streams.core.model import EventKind
 
         return {settings.pulse_url: [settings.task_exchange(kind.value) for kind in EventKind]}
@@ -212,7 +212,7 @@ async def _inspect(args: argparse.Namespace, settings: Any, targets: dict[str, l
             body: Any = orjson.loads(message.body)
         except orjson.JSONDecodeError:
             body = message.body.decode("utf-8", "replace")
-        if args.tasks:
+        if args.task_events:
             seen = describe_task_event(exchange, message.routing_key or "", cc_routes(message.headers), body,
                                        prefixes)
         else:
