@@ -128,20 +128,8 @@ def _settings_env(settings: Settings, *, namespace: str, root_url: str, state_di
     return env
 
 
-class _InProcessRegistrar:
-    """Hands simulated definitions and listings straight to the in-process stand-in."""
-
-    def __init__(self, standin: Any) -> None:
-        self.standin = standin
-
-    async def register(self, tasks: Any) -> None:
-        for task in tasks:
-            self.standin.add_task(task.task_id, task.definition)
-            for run_id, artifacts in task.artifacts.items():
-                self.standin.add_artifacts(task.task_id, run_id, artifacts)
-
-
 async def _publish(args: argparse.Namespace, settings: Settings, standin: Any) -> tuple[Any, list[Any], float]:
+    from tc_treeherder.devtools.harness import InProcessRegistrar
     from tc_treeherder.devtools.publisher import PulsePublisher, publish_workload
     from tc_treeherder.devtools.workload import WorkloadOptions, iter_groups
 
@@ -154,7 +142,7 @@ async def _publish(args: argparse.Namespace, settings: Settings, standin: Any) -
         expected.extend(run for task in group.tasks for run in task.expected)
     started = time.monotonic()
     async with PulsePublisher(settings.pulse_url, settings.task_exchange) as publisher:
-        report = await publish_workload(groups, publisher, _InProcessRegistrar(standin), rate=args.rate)  # type: ignore[arg-type]
+        report = await publish_workload(groups, publisher, InProcessRegistrar(standin), rate=args.rate)  # type: ignore[arg-type]
     return report, expected, started
 
 

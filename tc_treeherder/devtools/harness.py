@@ -226,6 +226,23 @@ class JobObserver:
         self._connections.clear()
 
 
+class InProcessRegistrar:
+    """Hands simulated definitions and listings straight to a stand-in running in this process.
+
+    The simulator's ``publish_workload`` registers each task group before publishing its events; this does it
+    without the stand-in's HTTP admin API.
+    """
+
+    def __init__(self, standin: Any) -> None:
+        self.standin = standin
+
+    async def register(self, tasks: Iterable[Any]) -> None:
+        for task in tasks:
+            self.standin.add_task(task.task_id, task.definition)
+            for run_id, artifacts in task.artifacts.items():
+                self.standin.add_artifacts(task.task_id, run_id, artifacts)
+
+
 async def wait_for_consumer(pulse_url: str, queue: str, patience: float = 60.0) -> bool:
     """Wait until ``queue`` exists and has a consumer: events published before that would find no queue."""
     connection = await aio_pika.connect(pulse_url)

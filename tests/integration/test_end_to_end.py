@@ -17,22 +17,17 @@ import slugid
 
 from streams.state_guard import STATE_RANK
 from streams.topics import ensure_topics
-from tc_treeherder.devtools.harness import JobObserver, LocalPipeline, expected_job_count, wait_for_consumer
+from tc_treeherder.devtools.harness import (
+    InProcessRegistrar,
+    JobObserver,
+    LocalPipeline,
+    expected_job_count,
+    wait_for_consumer,
+)
 from tc_treeherder.devtools.publisher import PulsePublisher, publish_workload
 from tc_treeherder.devtools.queue_standin import QueueStandIn
 from tc_treeherder.devtools.workload import WorkloadOptions, iter_groups
 from tc_treeherder.settings import Settings, load_settings
-
-
-class StandInRegistrar:
-    def __init__(self, standin: QueueStandIn) -> None:
-        self.standin = standin
-
-    async def register(self, tasks: Any) -> None:
-        for task in tasks:
-            self.standin.add_task(task.task_id, task.definition)
-            for run_id, artifacts in task.artifacts.items():
-                self.standin.add_artifacts(task.task_id, run_id, artifacts)
 
 
 @pytest.fixture
@@ -64,7 +59,7 @@ def workload(settings: Settings, root_url: str, tasks: int, seed: int) -> tuple[
 
 async def publish(settings: Settings, standin: QueueStandIn, groups: list[Any]) -> None:
     async with PulsePublisher(settings.pulse_url, settings.task_exchange) as publisher:
-        await publish_workload(groups, publisher, StandInRegistrar(standin))  # type: ignore[arg-type]
+        await publish_workload(groups, publisher, InProcessRegistrar(standin))  # type: ignore[arg-type]
 
 
 def assert_final_states(observer: JobObserver, expected: list[Any]) -> None:
