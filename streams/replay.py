@@ -275,6 +275,12 @@ class Replay:
                 earliest = min(message.timestamp for message in chunk)
                 if self.first_event_ms is None or earliest < self.first_event_ms:
                     self.first_event_ms = earliest
+                if not options.rejected_only:  # the key is the taskId: no need to decode the envelope
+                    for message in chunk:
+                        if message.key:
+                            task_ids.add(message.key.decode("utf-8", "replace"))
+                            partitions.add(message.partition)
+                    return
                 for item in self._inputs(chunk, count=False):
                     if item.task_id:
                         task_ids.add(item.task_id)
@@ -293,7 +299,7 @@ class Replay:
 
             if not options.dry_run:
                 producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
-                                            enable_idempotence=True, linger_ms=10,
+                                            enable_idempotence=True, linger_ms=20, max_batch_size=512 * 1024,
                                             client_id=f"{settings.app_id}-replay")
                 await producer.start()
             bar = Progress(total, self.progress_stream)
@@ -366,7 +372,19 @@ class Replay:
         by_task: dict[str | None, list[_Input]] = {}
         for item in inputs:
             by_task.setdefault(item.task_id, []).append(item)
-        outcomes = await asyncio.gather(*(self._task_outcomes(group, lookup) for group in by_task.values()))
+        # Tasks whose definition is in the tables never wait on the network: run them inline, in order, and
+        # only the others concurrently (their Queue API calls overlap).
+        outcomes: list[list[Outcome]] = [[] for _ in by_task]
+        remote = []
+        for index, (task_id, group) in enumerate(by_task.items()):
+            if task_id is None or task_id in lookup.definitions or not self.options.use_queue:
+                outcomes[index] = await self._task_outcomes(group, lookup)
+            else:
+                remote.append(index)
+        groups = list(by_task.values())
+        fetched = await asyncio.gather(*(self._task_outcomes(groups[i], lookup) for i in remote))
+        for index, result in zip(remote, fetched, strict=True):
+            outcomes[index] = result
         futures = []
         for group, group_outcomes in zip(by_task.values(), outcomes, strict=True):
             for item, outcome in zip(group, group_outcomes, strict=True):
