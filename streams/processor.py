@@ -69,6 +69,8 @@ class Counts:
     ignored: Counter[str] = field(default_factory=Counter)  # per reason
     rejected: Counter[str] = field(default_factory=Counter)  # per reason
     suppressed: int = 0  # job messages held back by the state guard
+    rejected_by_stage: Counter[tuple[str, str]] = field(default_factory=Counter)  # (stage, reason class)
+    ignored_by_stage: Counter[tuple[str, str]] = field(default_factory=Counter)  # (stage, reason class)
     queue_fetches: int = 0  # definitions and listings fetched (cache misses)
 
 
@@ -192,6 +194,8 @@ class EventProcessor:
                   raw_envelope: Any) -> OutputRecord:
         kind = "ignored" if isinstance(outcome, Ignored) else "rejected"
         (self.counts.ignored if kind == "ignored" else self.counts.rejected)[_reason_class(outcome.reason)] += 1
+        by_stage = self.counts.ignored_by_stage if kind == "ignored" else self.counts.rejected_by_stage
+        by_stage[(str(outcome.stage), _reason_class(outcome.reason))] += 1
         value = records.encode_rejected_record(
             stage=str(outcome.stage),
             reason=outcome.reason,

@@ -97,11 +97,9 @@ class WorkerCollector(Collector):
             for key, n in sorted(counts.states.items()):
                 state, _, result = key.partition("/")
                 by_state.add_metric([state, result or "unknown"], n)
-            rejected_by_stage = getattr(counts, "rejected_by_stage", None) or counts.rejected
-            ignored_by_stage = getattr(counts, "ignored_by_stage", None) or counts.ignored
-            for key, n in sorted(rejected_by_stage.items()):
+            for key, n in sorted(counts.rejected_by_stage.items()):
                 rejected.add_metric(list(split_reason_key(key)), n)
-            for key, n in sorted(ignored_by_stage.items()):
+            for key, n in sorted(counts.ignored_by_stage.items()):
                 ignored.add_metric(list(split_reason_key(key)), n)
             suppressed.add_metric([], counts.suppressed)
             fetches.add_metric([], counts.queue_fetches)
