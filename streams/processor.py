@@ -83,6 +83,14 @@ class RetryPolicy:
     max_delay: float = 15.0
 
 
+class WorkerStopping(Exception):
+    """The worker is shutting down in the middle of an event: the event must be left for the next owner.
+
+    Deliberately not turned into a rejected record: the batch is not acknowledged, so whichever worker takes
+    the partition over processes the event again once the Queue API answers.
+    """
+
+
 class CachedLookup:
     """Definitions and listings from the tables; the Queue API only on a miss, stored for the next time.
 
@@ -122,8 +130,9 @@ class CachedLookup:
             try:
                 return await call()
             except QueueUnavailable as error:
-                waited = time.monotonic() - started
-                if waited + delay > self._policy.give_up_after or self._stopping():
+                if self._stopping():
+                    raise WorkerStopping("stopping while the Queue API is unavailable") from error
+                if time.monotonic() - started + delay > self._policy.give_up_after:
                     raise
                 log.warning("Queue API unavailable (%s); retrying in %.1fs", error, delay)
                 await asyncio.sleep(delay * (0.5 + random.random()))

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from streams.core.rules import Rules
-from streams.processor import EventProcessor, RetryPolicy, SourceEvent
+from streams.processor import EventProcessor, RetryPolicy, SourceEvent, WorkerStopping
 from streams.queue_api import QueueClient
 from tc_treeherder.devtools.queue_standin import Fault, QueueStandIn
 from tests.unit.core.factories import TASK_ID, make_artifacts, make_envelope, make_event, make_task
@@ -150,3 +150,13 @@ async def test_a_queue_outage_is_waited_out_then_rejected_with_the_reason(standi
     out = decoded(await impatient.process_batch(records_of(DictState(), standin.root_url, make_event("pending"))))
     assert [(topic, record["stage"]) for topic, record in out] == [("rejected", "task")]
     assert out[0][1]["reason"].startswith("Queue API unavailable")
+
+
+async def test_a_worker_that_stops_during_an_outage_leaves_the_event_for_the_next_owner(standin, client):
+    standin.add_task(TASK_ID, make_task())
+    standin.add_fault(Fault(status=503, endpoint="task"))
+    processor = EventProcessor(Rules(), client, default_root_url=standin.root_url, stopping=lambda: True,
+                               policy=RetryPolicy(give_up_after=60.0, first_delay=0.01, max_delay=0.02))
+
+    with pytest.raises(WorkerStopping):
+        await processor.process_batch(records_of(DictState(), standin.root_url, make_event("pending")))
