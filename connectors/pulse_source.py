@@ -84,7 +84,7 @@ class Conversion:
 def cc_routes(headers: Any) -> tuple[str, ...]:
     """The ``CC`` header as Taskcluster sends it: a list of ``route.<route>`` routing keys."""
     raw = (headers or {}).get("CC") or ()
-    if isinstance(raw, bytes | str):
+    if not isinstance(raw, list | tuple):  # one route, or a header of another type: still never a crash
         raw = (raw,)
     return tuple(item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item) for item in raw)
 
@@ -92,12 +92,17 @@ def cc_routes(headers: Any) -> tuple[str, ...]:
 def convert(message: AbstractIncomingMessage, settings: Settings, topics: TopicNames,
             received_at: str | None = None) -> Conversion:
     """One AMQP message -> an envelope on task-events, or a rejected record saying why it cannot be one."""
-    body = message.body
-    exchange = message.exchange or ""
-    routing_key = message.routing_key or ""
-    routes = cc_routes(message.headers)
+    return convert_body(message.body, exchange=message.exchange or "", routing_key=message.routing_key or "",
+                        headers=message.headers, message_id=message.message_id, settings=settings, topics=topics,
+                        received_at=received_at)
+
+
+def convert_body(body: bytes, *, exchange: str, routing_key: str, headers: Any, message_id: str | None,
+                 settings: Settings, topics: TopicNames, received_at: str | None = None) -> Conversion:
+    """``convert`` on the message's parts: pure, so every kind of body can be tested without a broker."""
+    routes = cc_routes(headers)
     received_at = received_at or records.utc_now_iso()
-    message_id = message.message_id or records.message_id_for(exchange, routing_key, body)
+    message_id = message_id or records.message_id_for(exchange, routing_key, body)
 
     task_id: str | None = None
     if len(body) > settings.max_body_bytes:

@@ -10,6 +10,7 @@ Failures, by call:
 - task: 404 (``TaskNotFound``) and other refusals (``QueueRefused``) become a rejection at the task stage;
   ``QueueUnavailable`` propagates, because the Queue may be back in a minute: the worker retries in place,
   the offline command turns it into a rejection of that line.
+- task: ``UnusableAnswer`` (text no UTF-8 encoder can write) becomes a rejection at the task stage too.
 - artifacts: any ``QueueError`` becomes ``ListingFailed``; design.md says the job still goes out, without
   artifact links.
 """
@@ -24,7 +25,7 @@ from streams.core.envelope import parse_envelope
 from streams.core.model import ListingFailed, Outcome, Rejected, Stage
 from streams.core.rules import Rules
 from streams.core.transform import artifacts_run, preflight, transform
-from streams.queue_api import QueueClient, QueueError, QueueRefused, TaskNotFound
+from streams.queue_api import QueueClient, QueueError, QueueRefused, TaskNotFound, UnusableAnswer
 
 
 class TaskLookup(Protocol):
@@ -51,6 +52,8 @@ async def process(raw_envelope: object, lookup: TaskLookup, rules: Rules,
         return Rejected(event.task_id, f"task not found: {event.task_id} at {event.root_url}", Stage.TASK)
     except QueueRefused as error:
         return Rejected(event.task_id, f"the Queue API refused the task lookup: {error}", Stage.TASK)
+    except UnusableAnswer as error:
+        return Rejected(event.task_id, f"task definition cannot be used: {error}", Stage.TASK)
     early = preflight(event, task, rules)
     if early is not None:
         return early

@@ -205,14 +205,13 @@ class EventProcessor:
         (self.counts.ignored if kind == "ignored" else self.counts.rejected)[_reason_class(outcome.reason)] += 1
         by_stage = self.counts.ignored_by_stage if kind == "ignored" else self.counts.rejected_by_stage
         by_stage[(str(outcome.stage), _reason_class(outcome.reason))] += 1
-        value = records.encode_rejected_record(
-            stage=str(outcome.stage),
-            reason=outcome.reason,
-            task_id=outcome.task_id or _task_id(event),
-            kind=kind,
-            envelope=raw_envelope if raw_envelope is not None else event.value.decode("utf-8", "replace"),
-            source=source,
-        )
+        fields = {"stage": str(outcome.stage), "reason": outcome.reason, "task_id": outcome.task_id or _task_id(event),
+                  "kind": kind, "source": source}
+        try:
+            value = records.encode_rejected_record(
+                **fields, envelope=raw_envelope if raw_envelope is not None else event.value.decode("utf-8", "replace"))
+        except TypeError:  # an envelope nested deeper than orjson writes (it reads deeper): keep it as text
+            value = records.encode_rejected_record(**fields, envelope=event.value.decode("utf-8", "replace"))
         return OutputRecord("rejected", event.key or b"", value)
 
 

@@ -10,6 +10,8 @@ Errors, in one place:
 
 - ``TaskNotFound``: the Queue answered 404. The event names a task that does not exist at that root URL.
 - ``QueueRefused``: any other 4xx. Retrying will not help (a malformed id, a private task).
+- ``UnusableAnswer``: the Queue answered, but with JSON the service cannot carry on (a string holding a lone
+  surrogate, nesting deeper than the record encoder allows). Permanent: the task is rejected, a listing fails.
 - ``QueueUnavailable``: 5xx, connection errors, timeouts or an unreadable answer, still failing after every
   retry. The caller decides: the worker waits and tries again, the offline command rejects the line.
 
@@ -31,6 +33,8 @@ from typing import Any
 import aiohttp
 import taskcluster.aio
 import taskcluster.exceptions
+
+from streams.core.validation import text_errors
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,10 @@ class QueueRefused(QueueError):
     def __init__(self, message: str, *, status: int, call: str, task_id: str, root_url: str) -> None:
         super().__init__(message, call=call, task_id=task_id, root_url=root_url)
         self.status = status
+
+
+class UnusableAnswer(QueueError):
+    """The answer is JSON that cannot be written back as UTF-8 JSON (tables, records): retrying cannot help."""
 
 
 class QueueUnavailable(QueueError):
@@ -136,6 +144,7 @@ class QueueClient:
         answer = await self._request("task", root_url, task_id, {"taskId": task_id}, {})
         if not isinstance(answer, dict) or ("response" in answer and len(answer) == 1):
             raise self._unreadable("task", root_url, task_id)
+        self._check_text("task", root_url, task_id, answer, "task")
         return answer
 
     async def list_artifacts(self, root_url: str, task_id: str, run_id: int) -> list[dict[str, Any]]:
@@ -152,6 +161,7 @@ class QueueClient:
             artifacts.extend(page["artifacts"])
             token = page.get("continuationToken")
             if not token:
+                self._check_text("listArtifacts", root_url, task_id, artifacts, "artifacts")
                 return artifacts
             if token in seen_tokens:
                 raise self._unreadable("listArtifacts", root_url, task_id, "a continuation token came back twice")
@@ -198,6 +208,10 @@ class QueueClient:
                     self.stats.observe(time.monotonic() - started)
             except _TRANSIENT_ERRORS as error:
                 last_error = _describe(error, self.timeout)
+            except RecursionError:  # the JSON decoder recurses per level: an answer nested ~1000 levels deep
+                self.stats.errors["unusable"] += 1
+                raise UnusableAnswer(f"{call}({task_id}) at {root_url}: the answer is nested too deeply to read",
+                                     call=call, task_id=task_id, root_url=root_url) from None
             except (taskcluster.exceptions.TaskclusterRestFailure,
                     taskcluster.exceptions.TaskclusterAuthFailure) as error:
                 status = getattr(error, "status_code", 0) or 0
@@ -219,6 +233,14 @@ class QueueClient:
             f"{call}({task_id}) at {root_url} failed {attempts} time(s); last error: {last_error}",
             attempts=attempts, call=call, task_id=task_id, root_url=root_url,
         )
+
+    def _check_text(self, call: str, root_url: str, task_id: str, answer: Any, where: str) -> None:
+        """Definitions and listings are stored with orjson: refuse here what it could not write later."""
+        problem = text_errors(answer, where)
+        if problem is not None:
+            self.stats.errors["unusable"] += 1
+            raise UnusableAnswer(f"{call}({task_id}) at {root_url}: {problem}", call=call, task_id=task_id,
+                                 root_url=root_url)
 
     def _unreadable(self, call: str, root_url: str, task_id: str, what: str = "not the expected JSON") -> QueueError:
         self.stats.errors["unavailable"] += 1

@@ -8,6 +8,13 @@ from streams.core.model import EventKind, Rejected, Stage, TaskEvent
 from streams.core.validation import envelope_check, event_check
 
 _KINDS = {f"task-{kind.value}": kind for kind in EventKind}
+# The times a job of each kind is built from: the schema cannot say "the run named by runId has them".
+_RUN_TIMES = {
+    EventKind.RUNNING: ("started",),
+    EventKind.COMPLETED: ("started", "resolved"),
+    EventKind.FAILED: ("started", "resolved"),
+    EventKind.EXCEPTION: ("resolved",),
+}
 
 
 def exchange_kind(exchange: str) -> EventKind | None:
@@ -43,6 +50,11 @@ def parse_envelope(raw: object, default_root_url: str | None = None) -> TaskEven
         run_id = len(runs) - 1  # an exception message without runId is about the latest run
     if run_id is not None and run_id >= len(runs):
         return _reject(raw, f"payload.runId: run {run_id} is not in payload.status.runs ({len(runs)} runs)")
+    if run_id is not None:
+        for name in _RUN_TIMES.get(kind, ()):
+            if name not in runs[run_id]:
+                return _reject(raw, f"payload.status.runs[{run_id}]: a task-{kind.value} message's run needs "
+                                    f"{name!r}, and it is missing")
 
     return TaskEvent(
         exchange=exchange,

@@ -16,7 +16,7 @@ from streams.core.model import EventKind, Ignored, JobMessage, Jobs, ListingFail
 from streams.core.profiles import PROFILES
 from streams.core.routes import RouteProblem, TreeherderRoute, select_route
 from streams.core.rules import Rules
-from streams.core.validation import config_errors
+from streams.core.validation import config_errors, text_errors
 
 _RESOLVED = (EventKind.COMPLETED, EventKind.FAILED, EventKind.EXCEPTION)
 _RESOLVED_STATES = frozenset({"completed", "failed", "exception"})
@@ -76,7 +76,7 @@ def transform(
     )
     profile = PROFILES[rules.profile(route.prefix)]
     job = profile.build(facts)
-    problem = profile.errors(job)
+    problem = profile.errors(job) or text_errors(job)
     if problem is not None:
         return Rejected(task_id, f"job message is not valid {profile.name} format: {problem}", Stage.JOB)
     destination = facts.destination

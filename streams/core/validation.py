@@ -18,6 +18,7 @@ from typing import Any
 
 import jsonschema
 import jsonschema_rs
+import orjson
 from jsonschema.exceptions import ValidationError, best_match
 
 from streams.core.schemas import event_body_schema, load_schema
@@ -43,7 +44,12 @@ class SchemaCheck:
                 return None
         except ValueError:
             pass  # a value jsonschema-rs cannot read (lone surrogate, non-JSON type): let the reference judge
-        return describe(self.reference_errors(instance), where)
+        try:
+            return describe(self.reference_errors(instance), where)
+        except RecursionError:
+            # The reference validator (and the repr in its messages) recurses per level of nesting: a value a
+            # few hundred levels deep exhausts the stack. No schema here allows such depth, so it is invalid.
+            return f"{where or '(top level)'}: nested {nesting_depth(instance)} levels deep, too deep to check"
 
     def reference_errors(self, instance: Any) -> ValidationError | None:
         """The reference verdict alone (tests compare it with the fast one)."""
@@ -51,6 +57,23 @@ class SchemaCheck:
 
     def fast_is_valid(self, instance: Any) -> bool:
         return self._fast.is_valid(instance)
+
+
+def nesting_depth(value: Any) -> int:
+    """How many arrays/objects deep ``value`` goes, measured without recursion."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            pending.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend((child, depth + 1) for child in item)
+        else:
+            deepest = max(deepest, depth)
+            continue
+        deepest = max(deepest, depth + 1)
+    return deepest
 
 
 def describe(error: ValidationError | None, where: str = "") -> str | None:
@@ -92,6 +115,43 @@ def envelope_check() -> SchemaCheck:
 @cache
 def event_check(kind: str) -> SchemaCheck:
     return SchemaCheck(event_body_schema(kind))
+
+
+def text_errors(value: Any, where: str = "") -> str | None:
+    """Why ``value`` cannot be written as UTF-8 JSON, or None.
+
+    Both validators accept a string holding a lone surrogate (``"\\ud800"``, which Python's json module and
+    the Queue's HTTP client decode without complaint), yet no UTF-8 encoder can write it, so a job built from
+    it would be valid and then fail when a record is encoded. One orjson pass (about a microsecond for a
+    job) answers; only a failure walks the value to name the field.
+    """
+    try:
+        orjson.dumps(value)
+    except TypeError as error:
+        path, text = _unencodable(value, [])
+        if text is None:
+            return f"{field_path([], where) or '(top level)'}: cannot be encoded as JSON: {error}"
+        return f"{field_path(path, where) or '(top level)'}: {text!r} is not valid Unicode text (a lone surrogate)"
+    return None
+
+
+def _unencodable(value: Any, path: list[str | int]) -> tuple[list[str | int], str | None]:
+    """The path to the first string that UTF-8 cannot encode (keys included), and the string."""
+    pending: list[tuple[list[str | int], Any]] = [(path, value)]
+    while pending:  # iterative, so a deeply nested value cannot exhaust the stack
+        where, item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return where, item[:_MAX_MESSAGE]
+        elif isinstance(item, dict):
+            for key, child in reversed(list(item.items())):
+                pending.append(([*where, str(key)], key))
+                pending.append(([*where, str(key)], child))
+        elif isinstance(item, list | tuple):
+            pending.extend(([*where, index], child) for index, child in reversed(list(enumerate(item))))
+    return path, None
 
 
 def job_errors(job: Any) -> str | None:

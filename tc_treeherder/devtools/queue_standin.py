@@ -100,6 +100,11 @@ class QueueStandIn:
             raise ValueError(f"the definition of {task_id} is not a JSON object")
         self._tasks[task_id] = orjson.dumps(definition)
 
+    def add_task_body(self, task_id: str, body: bytes) -> None:
+        """Serve ``body`` as it is for ``task(task_id)``: JSON no encoder here would write (escaped lone
+        surrogates, extreme nesting), or not JSON at all, to test what the service makes of such an answer."""
+        self._tasks[task_id] = bytes(body)
+
     def add_artifacts(self, task_id: str, run_id: int, artifacts: Sequence[Mapping[str, Any]]) -> None:
         if not isinstance(artifacts, Sequence) or isinstance(artifacts, str | bytes) or not all(
                 isinstance(item, Mapping) for item in artifacts):
