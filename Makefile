@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-pyproject
 # Extra pytest arguments: make test PYTEST_ARGS="-m 'not integration'"
 PYTEST_ARGS ?=
 
-.PHONY: test demo up down lint setup
+.PHONY: test demo up down lint setup faults
 
 setup: $(STAMP)
 
@@ -37,3 +37,9 @@ down: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# The fault matrix (benchmarks/faults.py): each fault on a 20,000-event workload, jobs counted against the
+# simulator's oracle; prints a table, writes bench-results/faults.json. FAULTS_ARGS="--faults sink-kill9 ..."
+FAULTS_ARGS ?=
+faults: $(STAMP)
+	$(VENV)/bin/python -m benchmarks.faults $(FAULTS_ARGS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from typing import IO, Any
 import aio_pika
 import orjson
 
+from streams.state_guard import STATE_RANK
 from tc_treeherder.settings import Settings
 
 COMMANDS = ("source", "worker", "sink")
@@ -272,3 +274,85 @@ def pipeline_env(settings_env: Mapping[str, str], **overrides: str) -> dict[str,
     env = {**os.environ, **settings_env}
     env.update(overrides)
     return env
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What reached the jobs exchanges, held against the simulator's oracle (one ``ExpectedRun`` per run).
+
+    A run's job messages carry distinct (state, result) pairs, so the distinct pairs seen per run count the
+    jobs that arrived; everything received beyond those is a duplicate.
+    """
+
+    expected_jobs: int
+    received: int
+    distinct: int  # distinct (run, state, result) messages for runs the oracle expects jobs from
+    lost: int  # expected job messages never seen
+    duplicates: int  # messages repeating a (run, state, result) already received
+    wrong_final: int  # runs whose last message is not the oracle's final state and result
+    backward_steps: int  # runs whose messages, in arrival order, show a state below one already received
+    unexpected: int  # messages for runs the oracle expects no job from
+    examples: tuple[str, ...] = ()  # a few runs that were lost or ended wrong, for the log
+
+    @property
+    def settled(self) -> bool:
+        return self.lost == 0 and self.wrong_final == 0
+
+
+def run_key(run: Any) -> str:
+    """The observer's key for an ``ExpectedRun``: ``<destination>/<task uuid>/<runId>``."""
+    import slugid
+
+    return f"{run.destination}/{slugid.decode(run.task_id)}/{run.run_id}"
+
+
+def verdict(observer: JobObserver, expected: Iterable[Any]) -> Verdict:
+    """Count lost, duplicated, wrongly final and backward-stepping jobs against the oracle."""
+    seen: dict[str, int] = Counter(job_id for job_id, _, _ in observer.per_message)
+    wanted = lost = wrong = backward = distinct = 0
+    keys: set[str] = set()
+    examples: list[str] = []
+    for run in expected:
+        if not (run.delivered and run.outcome == "jobs"):
+            continue
+        key = run_key(run)
+        keys.add(key)
+        wanted += run.jobs
+        distinct += seen.get(key, 0)
+        missing = max(0, run.jobs - seen.get(key, 0))
+        lost += missing
+        if observer.last_state.get(key) != (run.state, run.result):
+            wrong += 1
+        ranks = [STATE_RANK.get(state, -1) for state in observer.history.get(key, [])]
+        if any(later < earlier for earlier, later in itertools.pairwise(ranks)):
+            backward += 1
+        if (missing or observer.last_state.get(key) != (run.state, run.result)) and len(examples) < 5:
+            examples.append(f"{key}: expected {run.jobs} jobs ending {run.state}/{run.result}, "
+                            f"got {observer.history.get(key, [])}")
+    unexpected = sum(count for (job_id, _, _), count in observer.per_message.items() if job_id not in keys)
+    return Verdict(expected_jobs=wanted, received=observer.received, distinct=distinct, lost=lost,
+                   duplicates=observer.received - distinct - unexpected, wrong_final=wrong,
+                   backward_steps=backward, unexpected=unexpected, examples=tuple(examples))
+
+
+async def wait_settled(observer: JobObserver, expected: list[Any], *, idle: float, limit: float,
+                       quiet: float = 3.0) -> Verdict:
+    """Wait until every expected job arrived and every run is in its final state, then ``quiet`` s more
+    (late duplicates still in flight arrive); give up after ``idle`` s without a message, or ``limit`` s."""
+    started = time.monotonic()
+    last_count, last_change = observer.received, started
+    settled_at: float | None = None
+    while True:
+        await asyncio.sleep(0.5)
+        now = time.monotonic()
+        if observer.received != last_count:
+            last_count, last_change = observer.received, now
+        current = verdict(observer, expected)
+        if current.settled:
+            settled_at = settled_at or now
+            if now - max(settled_at, last_change) >= quiet:
+                return current
+        else:
+            settled_at = None
+        if now - last_change > idle or now - started > limit:
+            return current
