@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-pyproject
 # Extra pytest arguments: make test PYTEST_ARGS="-m 'not integration'"
 PYTEST_ARGS ?=
 
-.PHONY: test demo up down lint setup faults
+.PHONY: test demo up down lint setup bench faults
 
 setup: $(STAMP)
 
@@ -43,3 +43,9 @@ lint: $(STAMP)
 FAULTS_ARGS ?=
 faults: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.faults $(FAULTS_ARGS)
+
+# Every stage against its raw-client baseline, end to end, replay and backlog (docs/benchmarks.md).
+# make bench BENCH_ARGS=--quick   (about two minutes; the last line gives the ratios)
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(VENV)/bin/python -m benchmarks.run $(BENCH_ARGS)

@@ -62,6 +62,15 @@ async def prepare(settings, tasks: int) -> None:
     await producer.stop()
 
 
+async def measure(settings, tasks: int, *, dry_run: bool = False):
+    """Write ``tasks`` lifecycles and their table records, then replay them; returns the replay's report."""
+    await prepare(settings, tasks)
+    options = ReplayOptions(selection=select(settings), from_offsets=dict.fromkeys(range(settings.partitions), 0),
+                            use_queue=False, dry_run=dry_run)
+    result = await Replay(settings, options, progress=io.StringIO()).run()
+    return result.report
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=5000)
@@ -73,12 +82,10 @@ async def main() -> None:
         "TC_TREEHERDER_PARTITIONS": "8",
     })
     started = time.monotonic()
-    await prepare(settings, args.tasks)
-    print(f"wrote {args.tasks * 3} events and {args.tasks * 2} table records in {time.monotonic() - started:.1f}s")
-    options = ReplayOptions(selection=select(settings), from_offsets=dict.fromkeys(range(settings.partitions), 0),
-                            use_queue=False, dry_run=args.dry_run)
-    result = await Replay(settings, options, progress=io.StringIO()).run()
-    print("\n".join(result.report.lines()))
+    report = await measure(settings, args.tasks, dry_run=args.dry_run)
+    print(f"wrote {args.tasks * 3} events and {args.tasks * 2} table records, replayed, in "
+          f"{time.monotonic() - started:.1f}s")
+    print("\n".join(report.lines()))
 
 
 if __name__ == "__main__":

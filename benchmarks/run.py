@@ -1,0 +1,269 @@
+"""``make bench``: every stage of the bridge against its raw-client baseline, end to end, replay, backlog, RSS.
+
+Runs on the local stack (started when it is not running), each part in a namespace of its own that is
+deleted afterwards. Prints a table and writes every figure to ``bench-results/bench.json``.
+
+    .venv/bin/python -m benchmarks.run [--quick] [--repeats N] [--only core,source,...]
+
+The machine is shared: each throughput is measured ``--repeats`` times and the table shows the median.
+``--quick`` uses smaller loads and finishes within about two minutes; its last line gives the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench-results" / "bench.json"
+PARTS = ("core", "source", "worker", "sink", "e2e", "replay")
+
+TARGETS = {"core": 50_000, "ratio": 0.5, "p99_ms_at_1000": 100.0, "backlog_s": 2.0, "replay": 10_000}
+
+
+def machine() -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory = next((line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal")), "0")
+    return {"nproc": os.cpu_count(), "cpu": cpu, "memory_gib": round(int(memory) / 1024 / 1024, 1),
+            "python": platform.python_version(), "load_average_at_start": os.getloadavg()}
+
+
+def run_settings(base: Any, run_dir: Path, label: str) -> tuple[Any, dict[str, str]]:
+    """Settings and the processes' environment for one part, under a namespace of its own."""
+    from benchmarks.bench_stages import child_env
+    from tc_treeherder.settings import load_settings
+
+    namespace = f"bench{label}{secrets.token_hex(3)}"
+    env = {
+        "TC_TREEHERDER_KAFKA_BOOTSTRAP": base.kafka_bootstrap,
+        "TC_TREEHERDER_PULSE_URL": base.pulse_url,
+        "TC_TREEHERDER_NAMESPACE": namespace,
+        "TC_TREEHERDER_TASK_EXCHANGE_PREFIX": f"exchange/{namespace}/taskcluster-queue/v1/",
+        "TC_TREEHERDER_STATE_DIR": str(run_dir / namespace),
+        "TC_TREEHERDER_DATA_DIR": str(run_dir / namespace / "worker"),
+        "TC_TREEHERDER_STORE": base.store,
+        "TC_TREEHERDER_PARTITIONS": str(base.partitions),
+        "TC_TREEHERDER_WEB_PORT": "0",
+    }
+    return load_settings(env=env), child_env(env)
+
+
+def bench_core(seconds: float) -> dict[str, Any]:
+    output = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_core.py"), "--seconds", str(seconds),
+                             "--json"], capture_output=True, text=True, check=True).stdout
+    return json.loads(output)
+
+
+async def with_standin(action: Any) -> Any:
+    from tc_treeherder.devtools.queue_standin import QueueStandIn
+
+    standin = QueueStandIn()
+    root_url = await standin.start()
+    try:
+        return await action(standin, root_url)
+    finally:
+        await standin.stop()
+
+
+async def part(name: str, base: Any, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks import bench_stages
+    from benchmarks.bench_data import delete_namespace, stage_data
+
+    settings, env = run_settings(base, run_dir, name)
+    cleanup: dict[str, Any] = {}
+    try:
+        if name == "replay":
+            try:
+                from benchmarks.bench_replay import measure
+            except ImportError as error:
+                return {"built": False, "reason": str(error)}
+            report = await measure(settings, args.replay_tasks)
+            return {"built": True, "events": report.events, "seconds": round(report.seconds, 3),
+                    "events_per_second": round(report.rate), "jobs": sum(report.jobs.values()),
+                    "from_tables": report.from_tables, "queue_fetches": report.queue_fetches}
+
+        async def stages(standin: Any, root_url: str) -> dict[str, Any]:
+            env["TASKCLUSTER_ROOT_URL"] = root_url
+            data = await stage_data(settings, events=args.events, seed=7, root_url=root_url)
+            if name == "source":
+                return await bench_stages.bench_source(settings, data, args.repeats)
+            if name == "worker":
+                result = await bench_stages.bench_worker(settings, env, data, args.repeats, run_dir / "logs")
+                result["queue_api_requests"] = dict(standin.stats["requests"])
+                return result
+            if name == "sink":
+                return await bench_stages.bench_sink(settings, data, args.repeats)
+            return await end_to_end(settings, env, standin, root_url, run_dir, args)
+
+        result = await with_standin(stages)
+        cleanup = result.pop("cleanup", {})
+        return result
+    finally:
+        await delete_namespace(settings, **cleanup)
+
+
+async def end_to_end(settings: Any, env: dict[str, str], standin: Any, root_url: str, run_dir: Path,
+                     args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks.bench_e2e import EndToEnd, warm_up
+    from benchmarks.bench_stages import median
+
+    e2e = EndToEnd(settings, env, standin, run_dir / "logs" / settings.namespace)
+    result: dict[str, Any] = {"latency": {}, "sustained": [], "backlog": []}
+    await e2e.start()
+    try:
+        await warm_up(e2e)
+        for _ in range(args.repeats):
+            for rate in (100, 1000, 5000):
+                runs = result["latency"].setdefault(str(rate), [])
+                runs.append(await e2e.run_load(events=int(rate * args.rate_seconds), rate=rate))
+            result["sustained"].append(await e2e.run_load(events=args.sustained_events, rate=0))
+            result["backlog"].append(await e2e.backlog(messages=args.backlog))
+        result["queue_api_requests"] = dict(standin.stats["requests"])
+    finally:
+        result["peak_rss_kib"] = await e2e.stop()
+    for rate, runs in result["latency"].items():
+        result["latency"][rate] = {"runs": runs, "p50_ms": median([r["latency_ms"]["p50"] for r in runs]),
+                                   "p99_ms": median([r["latency_ms"]["p99"] for r in runs]),
+                                   "complete": all(r["complete"] for r in runs)}
+    result["sustained_median"] = median([r["events_per_second"] or 0 for r in result["sustained"]])
+    result["backlog_median_s"] = median([r["seconds_from_consumer"] or float("inf") for r in result["backlog"]])
+    result["backlog_from_start_median_s"] = median([r["seconds_from_process_start"] for r in result["backlog"]])
+    return result
+
+
+def table(results: dict[str, Any]) -> list[str]:
+    rows: list[tuple[str, str, str, str, str]] = []
+
+    def met(ok: bool | None) -> str:
+        return "-" if ok is None else ("yes" if ok else "NO")
+
+    core = results.get("core")
+    if core:
+        rate = core["median_pass_events_per_second"]
+        rows.append(("core (transform, 1 core)", f"{rate:,} events/s", "", f">= {TARGETS['core']:,}/s",
+                     met(rate >= TARGETS["core"])))
+    for stage, unit in (("source", "messages"), ("worker", "events"), ("sink", "jobs")):
+        figures = results.get(stage)
+        if figures:
+            rows.append((f"{stage} vs raw (ratio)", f"{figures['stage_median']:,} {unit}/s",
+                         f"raw {figures['raw_median']:,}/s = {figures['ratio']:.2f}", ">= 0.50",
+                         met(figures["ratio"] is not None and figures["ratio"] >= TARGETS["ratio"])))
+    e2e = results.get("e2e")
+    if e2e:
+        for rate, figures in e2e["latency"].items():
+            target = f"p99 < {TARGETS['p99_ms_at_1000']:.0f} ms" if rate == "1000" else ""
+            ok = figures["p99_ms"] < TARGETS["p99_ms_at_1000"] and figures["complete"] if rate == "1000" else None
+            rows.append((f"end to end @ {int(rate):,}/s offered", f"p50 {figures['p50_ms']} ms",
+                         f"p99 {figures['p99_ms']} ms", target, met(ok)))
+        rows.append(("end to end, sustained", f"{e2e['sustained_median']:,} events/s", "", "", "-"))
+        backlog = e2e["backlog"][0]
+        rows.append((f"backlog of {backlog['messages_waiting']:,} drained", f"{e2e['backlog_median_s']:.2f} s",
+                     f"{e2e['backlog_from_start_median_s']:.2f} s from process start", "< 2 s",
+                     met(e2e["backlog_median_s"] < TARGETS["backlog_s"])))
+        for name, kib in e2e["peak_rss_kib"].items():
+            rows.append((f"peak RSS {name}", f"{(kib or 0) / 1024:.0f} MiB", "", "", "-"))
+    if results.get("worker", {}).get("worker_peak_rss_kib"):
+        rows.append(("peak RSS worker (stage run)", f"{results['worker']['worker_peak_rss_kib'] / 1024:.0f} MiB",
+                     "", "", "-"))
+    replay = results.get("replay")
+    if replay is not None:
+        if replay.get("built"):
+            rows.append(("replay (1 process)", f"{replay['events_per_second']:,} events/s",
+                         f"{replay['events']:,} events", f">= {TARGETS['replay']:,}/s",
+                         met(replay["events_per_second"] >= TARGETS["replay"])))
+        else:
+            rows.append(("replay", "not built", "", f">= {TARGETS['replay']:,}/s", "-"))
+    widths = [max(len(row[i]) for row in [*rows, HEADER]) for i in range(5)]
+    lines = [" | ".join(cell.ljust(width) for cell, width in zip(HEADER, widths, strict=True)),
+             "-|-".join("-" * width for width in widths)]
+    lines += [" | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
+    return lines
+
+
+HEADER = ("measure", "figure (median)", "baseline / detail", "target", "met")
+
+
+def ratios_line(results: dict[str, Any]) -> str:
+    parts = [f"{stage} {results[stage]['ratio']:.2f}" for stage in ("source", "worker", "sink")
+             if results.get(stage) and results[stage].get("ratio") is not None]
+    return "ratios vs raw clients: " + (", ".join(parts) or "none measured")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small loads; about two minutes")
+    parser.add_argument("--repeats", type=int, help="measurements per figure (default: 3, quick: 2)")
+    parser.add_argument("--only", default=",".join(PARTS), help=f"parts to run, of {','.join(PARTS)}")
+    parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results (default: {RESULTS})")
+    args = parser.parse_args(argv)
+    args.repeats = args.repeats or (2 if args.quick else 3)
+    args.events = 3000 if args.quick else 10_000  # messages per stage run
+    args.rate_seconds = 2.0 if args.quick else 8.0  # seconds of load per offered rate
+    args.sustained_events = 4000 if args.quick else 15_000
+    args.backlog = 8000
+    args.replay_tasks = 2000 if args.quick else 5000
+    args.core_seconds = 2.0 if args.quick else 5.0
+    args.parts = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(args.parts) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
+    return args
+
+
+async def run_parts(args: argparse.Namespace, base: Any, results: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory(prefix="tc-treeherder-bench-") as tmp:
+        for name in args.parts:
+            if name == "core":
+                continue
+            started = time.monotonic()
+            print(f"  {name}...", end="", flush=True)
+            results[name] = await part(name, base, Path(tmp), args)
+            print(f" {time.monotonic() - started:.0f}s", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)  # leader moves right after a topic is created
+    from tc_treeherder.settings import load_settings
+    from tc_treeherder.stack import StackError, local
+
+    base = load_settings()
+    try:
+        for step in local.up(base, log=lambda line: None):
+            print(f"{step.broker}: {step.address} {step.outcome}")
+    except StackError as error:
+        print(f"the local stack did not start: {error}", file=sys.stderr)
+        return 1
+    results: dict[str, Any] = {"machine": machine(), "quick": args.quick, "repeats": args.repeats,
+                               "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    began = time.monotonic()
+    if "core" in args.parts:
+        print("  core...", flush=True)
+        results["core"] = bench_core(args.core_seconds)
+    asyncio.run(run_parts(args, base, results))
+    results["seconds"] = round(time.monotonic() - began, 1)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print()
+    print("\n".join(table(results)))
+    print(f"\n{results['seconds']:.0f}s; figures in {args.output}")
+    print(ratios_line(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
