@@ -208,9 +208,11 @@ class QueueClient:
                     self.stats.observe(time.monotonic() - started)
             except _TRANSIENT_ERRORS as error:
                 last_error = _describe(error, self.timeout)
-            except RecursionError:  # the JSON decoder recurses per level: an answer nested ~1000 levels deep
+            except (RecursionError, UnicodeDecodeError) as error:
+                # The client decodes every answer as UTF-8 text, then as JSON, recursing per level of nesting.
+                what = "not UTF-8 text" if isinstance(error, UnicodeDecodeError) else "nested too deeply to read"
                 self.stats.errors["unusable"] += 1
-                raise UnusableAnswer(f"{call}({task_id}) at {root_url}: the answer is nested too deeply to read",
+                raise UnusableAnswer(f"{call}({task_id}) at {root_url}: the answer is {what}",
                                      call=call, task_id=task_id, root_url=root_url) from None
             except (taskcluster.exceptions.TaskclusterRestFailure,
                     taskcluster.exceptions.TaskclusterAuthFailure) as error:
