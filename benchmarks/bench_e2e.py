@@ -119,6 +119,7 @@ class EndToEnd:
         self.pipeline = LocalPipeline(env, log_dir, workers=1)
         self.arrivals = Arrivals(settings)
         self.seed = 1000
+        self.idle = 5.0  # seconds without a job after which a load is taken as finished (complete: false)
 
     async def start(self) -> None:
         await ensure_topics(self.settings)
@@ -154,9 +155,10 @@ class EndToEnd:
         started = time.monotonic()
         published = await self._publish(groups, rate)
         publish_seconds = time.monotonic() - started
-        complete = await self.arrivals.wait_for(before + wanted, idle=15, limit=limit)
+        complete = await self.arrivals.wait_for(before + wanted, idle=self.idle, limit=limit)
         latencies = [self.arrivals.first[key] - at for key, at in published.items() if key in self.arrivals.first]
         seconds = self.arrivals.last_at - started
+        print(f" [{rate or 'unpaced'}/s: {self.arrivals.received - before}/{wanted} jobs]", end="", flush=True)
         return {
             "offered_rate": rate or None,
             "events": messages,
@@ -192,7 +194,7 @@ class EndToEnd:
                     consuming = time.monotonic()
                 else:
                     await asyncio.sleep(0.005)
-        complete = await self.arrivals.wait_for(before + wanted, idle=15, limit=300)
+        complete = await self.arrivals.wait_for(before + wanted, idle=self.idle, limit=300)
         finished = self.arrivals.last_at
         return {
             "messages_waiting": depth,

@@ -125,10 +125,10 @@ async def end_to_end(settings: Any, env: dict[str, str], standin: Any, root_url:
     await e2e.start()
     try:
         await warm_up(e2e)
-        for _ in range(args.repeats):
-            for rate in (100, 1000, 5000):
+        for _ in range(args.e2e_repeats):
+            for rate, events in args.rate_events.items():
                 runs = result["latency"].setdefault(str(rate), [])
-                runs.append(await e2e.run_load(events=int(rate * args.rate_seconds), rate=rate))
+                runs.append(await e2e.run_load(events=events, rate=rate))
             result["sustained"].append(await e2e.run_load(events=args.sustained_events, rate=0))
             result["backlog"].append(await e2e.backlog(messages=args.backlog))
         result["queue_api_requests"] = dict(standin.stats["requests"])
@@ -210,10 +210,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results (default: {RESULTS})")
     args = parser.parse_args(argv)
     args.repeats = args.repeats or (2 if args.quick else 3)
-    args.events = 3000 if args.quick else 10_000  # messages per stage run
-    args.rate_seconds = 2.0 if args.quick else 8.0  # seconds of load per offered rate
-    args.sustained_events = 4000 if args.quick else 15_000
-    args.backlog = 8000
+    args.events = 2000 if args.quick else 10_000  # messages per stage run
+    args.e2e_repeats = 1 if args.quick else 2
+    # events per offered rate: 2 s, 1 s and 0.5 s of load when quick, 10 s each otherwise
+    args.rate_events = {100: 200, 1000: 1000, 5000: 2500} if args.quick else {100: 1000, 1000: 10_000, 5000: 50_000}
+    args.sustained_events = 2000 if args.quick else 15_000
+    args.backlog = 2000 if args.quick else 8000  # the full run holds the 8,000 a Pulse queue may reach
     args.replay_tasks = 2000 if args.quick else 5000
     args.core_seconds = 2.0 if args.quick else 5.0
     args.parts = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -238,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("aiokafka").setLevel(logging.ERROR)  # leader moves right after a topic is created
+    logging.getLogger("connectors").setLevel(logging.ERROR)  # the local stack's missing task exchanges
     from tc_treeherder.settings import load_settings
     from tc_treeherder.stack import StackError, local
 
