@@ -31,6 +31,7 @@ from connectors.base import Backoff, Connector
 from connectors.pulse_source import AMQP_TRANSIENT, SessionLost
 from streams import records
 from streams.topics import TopicNames, sink_group
+from tc_treeherder.kafka_config import kafka_client_kwargs
 from tc_treeherder.observability.tally import LatencyTally
 from tc_treeherder.settings import Destination, Settings
 
@@ -137,7 +138,7 @@ class DestinationLoop:
     async def run(self) -> None:
         settings = self.sink.settings
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
+            **kafka_client_kwargs(settings),
             group_id=sink_group(settings, self.destination.name),
             client_id=f"{settings.app_id}-sink-{self.destination.name}",
             enable_auto_commit=False,
@@ -324,7 +325,7 @@ class PulseSink(Connector):
     async def start(self) -> None:
         backoff = Backoff()
         while not self.stopping:
-            producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all",
+            producer = AIOKafkaProducer(**kafka_client_kwargs(self.settings), acks="all",
                                         enable_idempotence=True, client_id=f"{self.settings.app_id}-sink")
             try:
                 await producer.start()

@@ -34,6 +34,7 @@ from connectors.base import Backoff, Connector
 from streams import records
 from streams.core.model import EventKind, Stage
 from streams.topics import TopicNames, max_record_bytes
+from tc_treeherder.kafka_config import kafka_client_kwargs
 from tc_treeherder.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,7 @@ class PulseSource(Connector):
         backoff = Backoff()
         while not self.stopping:
             producer = AIOKafkaProducer(
-                bootstrap_servers=self.settings.kafka_bootstrap,
+                **kafka_client_kwargs(self.settings),
                 client_id=f"{self.settings.app_id}-source",
                 acks="all",
                 enable_idempotence=True,  # a retried batch is not written twice

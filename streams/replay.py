@@ -47,6 +47,7 @@ from streams.replay_plan import (
     resolve_range,
     route_prefix,
 )
+from tc_treeherder.kafka_config import kafka_client_kwargs
 from tc_treeherder.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ class _NoQueue(QueueError):
 
 
 def _consumer(settings: Settings) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+    return AIOKafkaConsumer(**kafka_client_kwargs(settings), group_id=None, enable_auto_commit=False,
                             auto_offset_reset="earliest", client_id=f"{settings.app_id}-replay",
                             max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
 
@@ -298,7 +299,7 @@ class Replay:
             lookup = ReplayLookup(definitions, listings, self.client if options.use_queue else None, self.report)
 
             if not options.dry_run:
-                producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
+                producer = AIOKafkaProducer(**kafka_client_kwargs(settings), acks="all",
                                             enable_idempotence=True, linger_ms=20, max_batch_size=512 * 1024,
                                             client_id=f"{settings.app_id}-replay")
                 await producer.start()

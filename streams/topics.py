@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError, for_code
 
+from tc_treeherder.kafka_config import kafka_client_kwargs
 from tc_treeherder.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ async def ensure_topics(settings: Settings, *, wait_for_kafka: float = 60.0) -> 
     or a refused creation.
     """
     names = TopicNames.from_settings(settings)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="tc-treeherder-topics")
+    admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings), client_id="tc-treeherder-topics")
     await _start_patiently(admin, wait_for_kafka)
     try:
         all_names = names.all + changelog_topics(settings)

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from tc_treeherder.redact import MASK, redact_text, redact_url
+
 DEFAULT_JOBS_EXCHANGE = "exchange/taskcluster-treeherder/v1/jobs"
 DEFAULT_TASK_EXCHANGE_PREFIX = "exchange/taskcluster-queue/v1/"
 DEFAULT_ROUTE_PREFIXES = ("tc-treeherder", "tc-treeherder-staging")
@@ -42,6 +44,11 @@ class Destination:
     def routing_key(self, project: str) -> str:
         return f"{self.name}.{project}._"
 
+    def __repr__(self) -> str:  # the Pulse URL may carry a password
+        return (f"Destination(route_prefix={self.route_prefix!r}, name={self.name!r}, "
+                f"pulse_url={redact_url(self.pulse_url)!r}, exchange={self.exchange!r}, enabled={self.enabled!r}, "
+                f"profile={self.profile!r})")
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -67,6 +74,38 @@ class Settings:
     sink_web_port: int = 0  # /metrics and /healthz of the sink; 0: off
     source_prefetch: int = 500
     sink_max_in_flight: int = 1000
+    # Kafka security (see docs/security.md); streams/kafka_config.py turns these into client arguments.
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    kafka_ssl_cafile: str = ""
+
+    def redacted(self) -> dict[str, Any]:
+        """Every setting by name, fit to show (status page, logs): URL passwords and secrets masked."""
+        shown: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if name in SECRET_FIELDS:
+                value = MASK if value else ""
+            elif name == "destinations":
+                value = [{"route_prefix": d.route_prefix, "name": d.name, "pulse_url": redact_url(d.pulse_url),
+                          "exchange": d.exchange, "enabled": d.enabled, "profile": d.profile} for d in value]
+            elif isinstance(value, str):
+                value = redact_url(value)
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            shown[name] = value
+        return shown
+
+    def secrets(self) -> tuple[str, ...]:
+        """The secret values themselves, for ``redact_text`` over messages that might quote them."""
+        return tuple(value for value in (self.kafka_sasl_password,) if value)
+
+    def __repr__(self) -> str:
+        return "Settings(" + ", ".join(f"{name}={value!r}" for name, value in self.redacted().items()) + ")"
 
     # Names under the namespace: several instances may share one pair of brokers.
 
@@ -106,6 +145,15 @@ class Settings:
         parts = urlsplit(self.pulse_url)
         default = 5671 if parts.scheme == "amqps" else 5672
         return parts.hostname or "localhost", parts.port or default
+
+
+SECRET_FIELDS = frozenset({"kafka_sasl_password"})
+# Variables whose value may be given as a file instead (``<VARIABLE>_FILE=/run/secrets/...``), as container
+# platforms mount secrets; destination Pulse URLs (TC_TREEHERDER_DESTINATION_<PREFIX>_PULSE_URL) too.
+SECRET_VARIABLES = ("TC_TREEHERDER_PULSE_URL", "TC_TREEHERDER_JOBS_PULSE_URL", "TC_TREEHERDER_KAFKA_SASL_PASSWORD")
+_SECRET_VARIABLE = re.compile(r"^TC_TREEHERDER_DESTINATION_[A-Z0-9_]+_PULSE_URL$")
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 def _state_home() -> Path:
@@ -212,6 +260,27 @@ def _port(text: Any) -> int:
     return value
 
 
+def _security_protocol(text: Any) -> str:
+    value = str(text).strip().upper()
+    if value not in KAFKA_SECURITY_PROTOCOLS:
+        raise ValueError
+    return value
+
+
+def _sasl_mechanism(text: Any) -> str:
+    value = str(text).strip().upper()
+    if value and value not in KAFKA_SASL_MECHANISMS:
+        raise ValueError
+    return value
+
+
+def _readable_file(text: Any) -> str:
+    value = str(text)
+    if value and not Path(value).is_file():
+        raise ValueError
+    return value
+
+
 # (field, environment variable, TOML key, parser, expected form)
 _SCALARS: tuple[tuple[str, str, str, Callable[[Any], Any], str], ...] = (
     ("kafka_bootstrap", "TC_TREEHERDER_KAFKA_BOOTSTRAP", "kafka_bootstrap", _bootstrap,
@@ -247,6 +316,14 @@ _SCALARS: tuple[tuple[str, str, str, Callable[[Any], Any], str], ...] = (
      "a positive integer"),
     ("sink_max_in_flight", "TC_TREEHERDER_SINK_MAX_IN_FLIGHT", "sink_max_in_flight", _positive_int,
      "a positive integer"),
+    ("kafka_security_protocol", "TC_TREEHERDER_KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol",
+     _security_protocol, " or ".join(KAFKA_SECURITY_PROTOCOLS)),
+    ("kafka_sasl_mechanism", "TC_TREEHERDER_KAFKA_SASL_MECHANISM", "kafka_sasl_mechanism", _sasl_mechanism,
+     " or ".join(KAFKA_SASL_MECHANISMS)),
+    ("kafka_sasl_username", "TC_TREEHERDER_KAFKA_SASL_USERNAME", "kafka_sasl_username", str, "a user name"),
+    ("kafka_sasl_password", "TC_TREEHERDER_KAFKA_SASL_PASSWORD", "kafka_sasl_password", str, "a password"),
+    ("kafka_ssl_cafile", "TC_TREEHERDER_KAFKA_SSL_CAFILE", "kafka_ssl_cafile", _readable_file,
+     "the path of a readable CA bundle (PEM)"),
 )
 
 
@@ -254,7 +331,24 @@ def _parse(parser: Callable[[Any], Any], raw: Any, where: str, expected: str) ->
     try:
         return parser(raw)
     except (TypeError, ValueError):
-        raise SettingsError(f"{where}: expected {expected}, got {raw!r}") from None
+        shown = MASK if "PASSWORD" in where.upper() else redact_text(repr(raw))
+        raise SettingsError(f"{where}: expected {expected}, got {shown}") from None
+
+
+def _with_secret_files(env: Mapping[str, str]) -> Mapping[str, str]:
+    """``env`` with each ``<SECRET VARIABLE>_FILE`` read into ``<SECRET VARIABLE>`` (trailing newline dropped)."""
+    resolved = dict(env)
+    for key, path in env.items():
+        variable = key.removesuffix("_FILE")
+        if variable == key or not (variable in SECRET_VARIABLES or _SECRET_VARIABLE.match(variable)):
+            continue
+        if variable in env:
+            raise SettingsError(f"{variable} and {key} are both set; use one")
+        try:
+            resolved[variable] = Path(path).read_text().rstrip("\r\n")
+        except OSError as error:
+            raise SettingsError(f"{key}: cannot read {path}: {error.strerror}") from None
+    return resolved
 
 
 def _env_key(name: str) -> str:
@@ -307,7 +401,7 @@ def _namespaced_exchange(namespace: str) -> str:
 
 def load_settings(env: Mapping[str, str] | None = None, config_file: str | Path | None = None) -> Settings:
     """Build the settings from defaults, the TOML file and the environment; raise SettingsError if bad."""
-    env = os.environ if env is None else env
+    env = _with_secret_files(os.environ if env is None else env)
     path = config_file or env.get("TC_TREEHERDER_CONFIG")
     data: dict[str, Any] = {}
     if path:

@@ -186,7 +186,9 @@ async def _rejected_summary(settings: Settings) -> Counter[str]:
     import orjson
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    from tc_treeherder.kafka_config import kafka_client_kwargs
+
+    consumer = AIOKafkaConsumer(**kafka_client_kwargs(settings), enable_auto_commit=False)
     await consumer.start()
     counts: Counter[str] = Counter()
     try:
@@ -238,7 +240,9 @@ async def _clean_up(settings: Settings) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    from tc_treeherder.kafka_config import kafka_client_kwargs
+
+    admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings))
     with contextlib.suppress(KafkaError, OSError):
         await admin.start()
         names = [name for name in await admin.list_topics() if name.startswith(f"{settings.namespace}.")]

@@ -164,13 +164,14 @@ async def read_task_events(settings: Any, task_id: str, wait: float = 30.0) -> l
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.partitioner import DefaultPartitioner
 
+    from tc_treeherder.kafka_config import kafka_client_kwargs
     from tc_treeherder.observability.explain import NotJson
 
     topic = settings.topic("task-events")
     key = task_id.encode()
     partitions = list(range(settings.partitions))
     tp = TopicPartition(topic, DefaultPartitioner()(key, partitions, partitions))
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**kafka_client_kwargs(settings), enable_auto_commit=False,
                                 client_id=f"{settings.app_id}-explain")
     found: list[tuple[str, Any]] = []
     async with asyncio.timeout(wait):

@@ -20,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import IncompatibleBrokerVersion, KafkaError
 from aiokafka.protocol.admin import DescribeGroupsRequest, DescribeGroupsRequest_v1, DescribeGroupsRequest_v2
 
+from tc_treeherder.kafka_config import kafka_client_kwargs
 from tc_treeherder.settings import Destination, Settings
 
 log = logging.getLogger(__name__)
@@ -175,9 +176,9 @@ class LagMonitor:
 
     async def _connect(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self._admin is None or self._consumer is None:
-            bootstrap = self.settings.kafka_bootstrap
-            admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=f"{self.settings.app_id}-lag")
-            consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+            admin = AIOKafkaAdminClient(**kafka_client_kwargs(self.settings),
+                                        client_id=f"{self.settings.app_id}-lag")
+            consumer = AIOKafkaConsumer(**kafka_client_kwargs(self.settings), enable_auto_commit=False,
                                         client_id=f"{self.settings.app_id}-lag")
             try:
                 await admin.start()
@@ -276,7 +277,7 @@ async def read_recent_rejections(settings: Settings, per_partition: int = 10,
     from streams import records
 
     topic = settings.topic("rejected")
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**kafka_client_kwargs(settings), enable_auto_commit=False,
                                 client_id=f"{settings.app_id}-recent-rejections")
     found: list[dict[str, Any]] = []
     try:
