@@ -30,9 +30,18 @@ from streams.core.rules import Rules
 from streams.processor import EventProcessor, OutputRecord, RetryPolicy, SourceEvent
 from streams.queue_api import QueueClient
 from streams.topics import TABLES
+from tc_treeherder.kafka_config import faust_broker_credentials
 from tc_treeherder.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# Faust opens one RocksDB per table and partition (3 tables x TC_TREEHERDER_PARTITIONS), each by default with
+# up to 3 x 64 MiB of memtables and a 2 GiB block cache: memory then grows with the tasks seen until the
+# memtables flush, to gigabytes. These bound each database to 2 x 4 MiB of memtables and an 8 MiB cache
+# (with 8 partitions: under 400 MiB for all tables); reads of a task's state are point lookups, which a
+# small cache serves as well. See benchmarks/memory.py.
+ROCKSDB_OPTIONS = {"write_buffer_size": 4 << 20, "max_write_buffer_number": 2, "block_cache_size": 8 << 20,
+                   "block_cache_compressed_size": 0}
 
 BATCH_SIZE = 500
 BATCH_WITHIN = 0.05  # seconds: the latency a lone event may wait for company
@@ -52,12 +61,40 @@ def _acting_for(event: EventT) -> Iterator[None]:
         _current_event.reset(token)
 
 
+class PendingGuard:
+    """State-guard entries of one batch, held back until the batch's records are in Kafka.
+
+    The guard suppresses a job that would move its run back. If its entry reached the changelog before the
+    jobs it vouches for (a worker killed, or its partition revoked, between the two), whoever reads the batch
+    again would suppress those never-delivered jobs as "backwards" and lose them. So ``EventProcessor``'s
+    guard writes land here, later events of the batch read them from here, and the agent writes them to the
+    table only once ``_deliver`` returned: an entry in the table always describes jobs Kafka has.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[int, EventT]] = {}
+
+    def get(self, key: str) -> int | None:
+        entry = self._entries.get(key)
+        return None if entry is None else entry[0]
+
+    def put(self, key: str, rank: int, event: EventT) -> None:
+        self._entries[key] = (rank, event)
+
+    def flush(self, table: faust.Table) -> None:
+        for key, (rank, event) in self._entries.items():
+            with _acting_for(event):
+                table[key.encode()] = str(rank).encode()
+        self._entries.clear()
+
+
 class TableState:
     """The worker's tables as seen from one event: what ``EventProcessor`` reads and writes."""
 
-    def __init__(self, tables: WorkerTables, event: EventT) -> None:
+    def __init__(self, tables: WorkerTables, event: EventT, guard: PendingGuard | None = None) -> None:
         self._tables = tables
         self._event = event
+        self._guard = guard
 
     def definition(self, task_id: str) -> Mapping[str, Any] | None:
         return self._load(self._tables.definitions, task_id)
@@ -72,11 +109,17 @@ class TableState:
         self._save(self._tables.artifacts, f"{task_id}/{run_id}", orjson.dumps(list(artifacts)))
 
     def emitted_rank(self, key: str) -> int | None:
+        pending = self._guard.get(key) if self._guard is not None else None
+        if pending is not None:
+            return pending
         raw = self._raw(self._tables.emitted, key)
         return None if raw is None else int(raw)
 
     def store_emitted_rank(self, key: str, rank: int) -> None:
-        self._save(self._tables.emitted, key, str(rank).encode())
+        if self._guard is not None:
+            self._guard.put(key, rank, self._event)
+        else:
+            self._save(self._tables.emitted, key, str(rank).encode())
 
     def _raw(self, table: faust.Table, key: str) -> bytes | None:
         with _acting_for(self._event):
@@ -112,6 +155,7 @@ def create_worker(settings: Settings, *, client: QueueClient | None = None,
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
+        broker_credentials=faust_broker_credentials(settings),
         store=settings.store,
         datadir=str(settings.data_dir),
         topic_partitions=settings.partitions,
@@ -150,6 +194,7 @@ def create_worker(settings: Settings, *, client: QueueClient | None = None,
     @app.agent(events_topic, name="task-events-to-jobs", concurrency=1)
     async def task_events_to_jobs(stream: faust.StreamT) -> None:
         async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN):
+            guard = PendingGuard()
             sources = [
                 SourceEvent(
                     topic=event.message.topic,
@@ -157,13 +202,14 @@ def create_worker(settings: Settings, *, client: QueueClient | None = None,
                     offset=event.message.offset,
                     key=event.key,
                     value=event.value,
-                    state=TableState(tables, event),
+                    state=TableState(tables, event, guard),
                 )
                 for event in batch
             ]
             try:
                 produced = await processor().process_batch(sources)
                 await _deliver(produced, outputs, app)
+                guard.flush(tables.emitted)  # only now: the jobs these entries vouch for are in Kafka
             except BaseException as error:  # nothing is swallowed: the process exits
                 _exit_unacknowledged(error)
 
@@ -194,7 +240,8 @@ def _raw_table(app: faust.App, name: str, partitions: int) -> faust.Table:
     the worker encodes values itself (orjson), so both sides are set to raw before the changelog topic and
     the store are made from them.
     """
-    table = app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes)
+    options = ROCKSDB_OPTIONS if str(app.conf.store).startswith("rocksdb") else None
+    table = app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes, options=options)
     table.key_serializer = "raw"
     table.value_serializer = "raw"
     return table
