@@ -19,15 +19,15 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import faust
 import orjson
 from faust.streams import _current_event  # the only way to write a table for an event of a batch
-from faust.types import EventT
+from faust.types import TP, EventT
 
 from streams.core.rules import Rules
-from streams.processor import EventProcessor, OutputRecord, RetryPolicy, SourceEvent
+from streams.processor import EventProcessor, RetryPolicy, SourceEvent
 from streams.queue_api import QueueClient
 from streams.topics import TABLES
 from tc_treeherder.kafka_config import faust_broker_credentials
@@ -61,40 +61,66 @@ def _acting_for(event: EventT) -> Iterator[None]:
         _current_event.reset(token)
 
 
-class PendingGuard:
-    """State-guard entries of one batch, held back until the batch's records are in Kafka.
+class Outgoing(NamedTuple):
+    """One record to produce: output for a topic, or a table change for its changelog."""
 
-    The guard suppresses a job that would move its run back. If its entry reached the changelog before the
-    jobs it vouches for (a worker killed, or its partition revoked, between the two), whoever reads the batch
-    again would suppress those never-delivered jobs as "backwards" and lose them. So ``EventProcessor``'s
-    guard writes land here, later events of the batch read them from here, and the agent writes them to the
-    table only once ``_deliver`` returned: an entry in the table always describes jobs Kafka has.
+    topic: str
+    key: bytes
+    value: bytes
+    partition: int | None = None  # None: Kafka's partitioner picks from the key
+    table: faust.Table | None = None  # set for changelog records: their offset is the table's checkpoint
+
+
+class BatchWrites:
+    """The table writes of one batch, applied to the local store at once and to the changelogs with the output.
+
+    Faust logs each table write with a message of its own through a small buffer, and stalls the stream
+    whenever that buffer holds a hundred messages; a batch's writes instead go out together with its output
+    and are awaited like it.
+
+    State-guard entries wait longer: until the batch's jobs are in Kafka. The guard suppresses a job that
+    would move its run back; an entry that reached the table before the jobs it vouches for (a worker killed,
+    or its partition revoked, between the two) would make whoever reads the batch again suppress those
+    never-delivered jobs as "backwards". Later events of the batch read the entries from here.
     """
 
     def __init__(self) -> None:
-        self._entries: dict[str, tuple[int, EventT]] = {}
+        self.changelog: list[Outgoing] = []
+        self._guard: dict[str, tuple[int, EventT]] = {}
 
-    def get(self, key: str) -> int | None:
-        entry = self._entries.get(key)
+    def save(self, table: faust.Table, event: EventT, key: bytes, value: bytes) -> None:
+        with _acting_for(event):
+            table.data[key] = value
+        self.changelog.append(Outgoing(table.changelog_topic.get_topic_name(), key, value,
+                                       event.message.partition, table))
+
+    def take_changelog(self) -> list[Outgoing]:
+        """The changelog records written so far, handed over once."""
+        taken, self.changelog = self.changelog, []
+        return taken
+
+    def guard_rank(self, key: str) -> int | None:
+        entry = self._guard.get(key)
         return None if entry is None else entry[0]
 
-    def put(self, key: str, rank: int, event: EventT) -> None:
-        self._entries[key] = (rank, event)
+    def put_guard_rank(self, key: str, rank: int, event: EventT) -> None:
+        self._guard[key] = (rank, event)
 
-    def flush(self, table: faust.Table) -> None:
-        for key, (rank, event) in self._entries.items():
-            with _acting_for(event):
-                table[key.encode()] = str(rank).encode()
-        self._entries.clear()
+    def release_guard(self, table: faust.Table) -> list[Outgoing]:
+        """Apply the guard entries to the local store; the changelog records to send for them."""
+        for key, (rank, event) in self._guard.items():
+            self.save(table, event, key.encode(), str(rank).encode())
+        self._guard.clear()
+        return self.take_changelog()
 
 
 class TableState:
     """The worker's tables as seen from one event: what ``EventProcessor`` reads and writes."""
 
-    def __init__(self, tables: WorkerTables, event: EventT, guard: PendingGuard | None = None) -> None:
+    def __init__(self, tables: WorkerTables, event: EventT, writes: BatchWrites) -> None:
         self._tables = tables
         self._event = event
-        self._guard = guard
+        self._writes = writes
 
     def definition(self, task_id: str) -> Mapping[str, Any] | None:
         return self._load(self._tables.definitions, task_id)
@@ -109,17 +135,14 @@ class TableState:
         self._save(self._tables.artifacts, f"{task_id}/{run_id}", orjson.dumps(list(artifacts)))
 
     def emitted_rank(self, key: str) -> int | None:
-        pending = self._guard.get(key) if self._guard is not None else None
+        pending = self._writes.guard_rank(key)
         if pending is not None:
             return pending
         raw = self._raw(self._tables.emitted, key)
         return None if raw is None else int(raw)
 
     def store_emitted_rank(self, key: str, rank: int) -> None:
-        if self._guard is not None:
-            self._guard.put(key, rank, self._event)
-        else:
-            self._save(self._tables.emitted, key, str(rank).encode())
+        self._writes.put_guard_rank(key, rank, self._event)
 
     def _raw(self, table: faust.Table, key: str) -> bytes | None:
         with _acting_for(self._event):
@@ -130,8 +153,7 @@ class TableState:
         return None if raw is None else orjson.loads(raw)
 
     def _save(self, table: faust.Table, key: str, value: bytes) -> None:
-        with _acting_for(self._event):
-            table[key.encode()] = value
+        self._writes.save(table, self._event, key.encode(), value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +199,7 @@ def create_worker(settings: Settings, *, client: QueueClient | None = None,
     tables = WorkerTables(*(_raw_table(app, name, settings.partitions) for name in TABLES))
     worker = Worker(app=app, tables=tables)
     rules = Rules.from_settings(settings)
-    outputs = {"jobs": jobs_topic, "rejected": rejected_topic}
+    outputs = {"jobs": jobs_topic.get_topic_name(), "rejected": rejected_topic.get_topic_name()}
 
     def processor() -> EventProcessor:
         if worker.processor is None:  # the Queue client's HTTP session must be made inside the loop
@@ -194,7 +216,7 @@ def create_worker(settings: Settings, *, client: QueueClient | None = None,
     @app.agent(events_topic, name="task-events-to-jobs", concurrency=1)
     async def task_events_to_jobs(stream: faust.StreamT) -> None:
         async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN):
-            guard = PendingGuard()
+            writes = BatchWrites()
             sources = [
                 SourceEvent(
                     topic=event.message.topic,
@@ -202,14 +224,16 @@ def create_worker(settings: Settings, *, client: QueueClient | None = None,
                     offset=event.message.offset,
                     key=event.key,
                     value=event.value,
-                    state=TableState(tables, event, guard),
+                    state=TableState(tables, event, writes),
                 )
                 for event in batch
             ]
             try:
                 produced = await processor().process_batch(sources)
-                await _deliver(produced, outputs, app)
-                guard.flush(tables.emitted)  # only now: the jobs these entries vouch for are in Kafka
+                await _deliver(app, [Outgoing(outputs[record.topic], record.key, record.value)
+                                     for record in produced] + writes.take_changelog())
+                # Only now, with the jobs they vouch for in Kafka, the guard entries:
+                await _deliver(app, writes.release_guard(tables.emitted))
             except BaseException as error:  # nothing is swallowed: the process exits
                 _exit_unacknowledged(error)
 
@@ -247,20 +271,30 @@ def _raw_table(app: faust.App, name: str, partitions: int) -> faust.Table:
     return table
 
 
-async def _deliver(produced: list[OutputRecord], outputs: Mapping[str, faust.TopicT], app: faust.App) -> None:
-    """Produce ``produced`` and wait until Kafka has each one; retry what failed until it lands.
+async def _deliver(app: faust.App, records: list[Outgoing]) -> None:
+    """Produce ``records`` and wait until Kafka has each one; retry what failed until it lands.
 
-    The batch is acknowledged once this returns, so it may only return when everything is in Kafka. If
-    the worker is asked to stop while Kafka still refuses, it exits without acknowledging: the batch is
-    read again by whichever worker takes the partition over.
+    The batch is acknowledged once the agent's loop body ends, so this may only return when everything is
+    in Kafka. If the worker is asked to stop while Kafka still refuses, it raises, and the agent exits without
+    acknowledging: the batch is read again by whichever worker takes the partition over. Changelog records
+    move their table's checkpoint, as Faust's own table writes do, so a restart recovers only what is newer.
     """
-    pending = produced
+    pending = records
     delay = 0.5
     while pending:
-        futures = [await outputs[record.topic].send(key=record.key, value=record.value) for record in pending]
+        futures = [await app.producer.send(record.topic, record.key, record.value, record.partition, None, None)
+                   for record in pending]
         results = await asyncio.gather(*futures, return_exceptions=True)
-        failed = [record for record, result in zip(pending, results, strict=True)
-                  if isinstance(result, BaseException)]
+        failed = []
+        checkpoints: dict[tuple[faust.Table, TP], int] = {}
+        for record, result in zip(pending, results, strict=True):
+            if isinstance(result, BaseException):
+                failed.append(record)
+            elif record.table is not None:
+                tp = TP(result.topic, result.partition)
+                checkpoints[(record.table, tp)] = max(result.offset, checkpoints.get((record.table, tp), -1))
+        for (table, tp), offset in checkpoints.items():
+            table.data.set_persisted_offset(tp, offset)
         if not failed:
             return
         errors = {type(result).__name__ for result in results if isinstance(result, BaseException)}
