@@ -224,6 +224,21 @@ class PulseSource(Connector):
             self._producer = None
         log.info("%s", self.counts.summary())
 
+    async def _renew_producer(self, failure: BaseException) -> None:
+        """Replace the Kafka producer after it failed a record.
+
+        An idempotent producer that lost its sequence state (OutOfOrderSequenceNumber after a broker restart)
+        fails every later record too: reconnecting to RabbitMQ alone would redeliver the same messages into
+        the same broken producer forever. A new producer gets a new producer id; the messages it writes
+        again are the unacknowledged ones, bounded by the prefetch as before.
+        """
+        old, self._producer = self._producer, None
+        log.warning("source: replacing the Kafka producer after %r", failure)
+        if old is not None:
+            with contextlib.suppress(KafkaError, TimeoutError):
+                await asyncio.wait_for(old.stop(), 10.0)
+        await self.start()
+
     # One AMQP connection -----------------------------------------------------------------------------
 
     async def declare(self, connection: AbstractConnection) -> AbstractQueue:
@@ -266,7 +281,12 @@ class PulseSource(Connector):
             queue = await channel.declare_queue(self.settings.pulse_queue("task-events"), durable=True)
             backoff.reset()
             log.info("source: consuming %s (prefetch %d)", queue.name, self.settings.source_prefetch)
-            await _Pump(self, channel, queue).run()
+            pump = _Pump(self, channel, queue)
+            try:
+                await pump.run()
+            finally:
+                if pump.failure is not None and not self.stopping:
+                    await self._renew_producer(pump.failure)
         finally:
             self.counts.reconnects += 0 if self.stopping else 1
             with contextlib.suppress(*AMQP_TRANSIENT):
