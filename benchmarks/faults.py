@@ -11,7 +11,7 @@ reached its final state (or nothing arrived for ``--idle`` seconds). The simulat
 are the oracle. Prints a table and writes ``bench-results/faults.json``. Exit status 1 when a job was lost
 or a run did not end in its final state.
 
-Kafka is a broker of the harness's own (port 29092, data under ``<state dir>/faults/kafka``), wiped at start
+Kafka is a broker of the harness's own (port 29092, data under ``<state dir>/faults/kafka-<port>``), wiped at start
 and stopped at the end, so restarting it disturbs nobody. RabbitMQ is the machine's single broker: the
 connection faults go through its management API (http://localhost:15672, guest/guest) and touch only this
 run's connections; restarting the broker itself is opt-in.
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.with_rabbitmq_restart and "rabbitmq-restart" not in chosen:
         chosen.append("rabbitmq-restart")
     state = defaults.state_dir / "faults"
-    node = kafka.KafkaNode(home=state / "kafka", host="localhost", port=args.kafka_port,
+    node = kafka.KafkaNode(home=state / f"kafka-{args.kafka_port}", host="localhost", port=args.kafka_port,
                            controller_port=args.kafka_port + 1)
     print(f"Kafka (harness-owned) {node.bootstrap}: {kafka.start(node, fresh=True)}", flush=True)
     rabbit = rabbitmq.RabbitNode.for_url(PULSE_URL, defaults.state_dir)
