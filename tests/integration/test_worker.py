@@ -18,6 +18,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from streams.state_guard import STATE_RANK
 from streams.topics import ensure_topics
 from tc_treeherder.devtools.queue_standin import QueueStandIn
 from tc_treeherder.settings import Settings
@@ -73,10 +74,10 @@ def worker_process(test_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
     """Start and stop ``tc-treeherder worker`` processes; all are stopped at the end of the test."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def start() -> subprocess.Popen[bytes]:
+    def start(**env_overrides: str) -> subprocess.Popen[bytes]:
         log = open(tmp_path / f"worker-{len(started)}.log", "wb")  # noqa: SIM115 - closed with the process
-        process = subprocess.Popen([sys.executable, "-m", "tc_treeherder.cli", "worker"], env=test_env,
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([sys.executable, "-m", "tc_treeherder.cli", "worker"],
+                                   env={**test_env, **env_overrides}, stdout=log, stderr=subprocess.STDOUT)
         started.append(process)
         return process
 
@@ -124,11 +125,12 @@ async def test_worker_turns_events_into_jobs_in_order_and_rejects_the_rest(setti
     assert standin.stats["requests"]["task"] == len(TASKS) + 1
 
 
-async def test_a_restarted_worker_serves_definitions_from_its_table(settings, standin, worker_process):
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+async def test_a_restarted_worker_serves_definitions_from_its_table(settings, standin, worker_process, store):
     await ensure_topics(settings)
     await produce(settings, [(task_id, make_envelope(make_event("pending", task_id=task_id),
                                                      root_url=standin.root_url)) for task_id in TASKS])
-    first = worker_process()
+    first = worker_process(TC_TREEHERDER_STORE=store)
     assert len(await read_topic(settings, "jobs", 3)) == 3
     assert stop(first) == 0, "the worker stops cleanly on SIGTERM"
     fetched = standin.stats["requests"]["task"]
@@ -136,9 +138,21 @@ async def test_a_restarted_worker_serves_definitions_from_its_table(settings, st
 
     await produce(settings, [(task_id, make_envelope(make_event("running", task_id=task_id),
                                                      root_url=standin.root_url)) for task_id in TASKS])
-    worker_process()
+    worker_process(TC_TREEHERDER_STORE=store)
     jobs = await read_topic(settings, "jobs", 6)
 
     assert sorted(r["job"]["state"] for r in jobs) == ["pending"] * 3 + ["running"] * 3
     assert standin.stats["requests"]["task"] == fetched, "definitions came from the table's changelog"
+
+    # The state guard survived the restart too: a late pending after running is held back.
+    late = TASKS[0]
+    await produce(settings, [(late, make_envelope(make_event("pending", task_id=late), root_url=standin.root_url)),
+                             (late, make_envelope(make_event("completed", task_id=late), root_url=standin.root_url))])
+    deadline = time.monotonic() + 60
+    states: list[str] = []
+    while "completed" not in states and time.monotonic() < deadline:
+        jobs = await read_topic(settings, "jobs", 7, wait=5)
+        states = [r["job"]["state"] for r in jobs if r["key"] == late]
+    assert states[-1] == "completed" and states.count("pending") == 1, states
+    assert states == sorted(states, key=STATE_RANK.__getitem__), f"went backwards: {states}"
 
