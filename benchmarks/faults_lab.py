@@ -282,9 +282,11 @@ def scenario_env(lab: Lab, namespace: str, *, root_url: str, sink_user: str, sto
 async def run_scenario(lab: Lab, faults: list[FaultSpec], *, events: int, seed: int = 7, workers: int = 1,
                        store: str = "rocksdb://", partitions: int = 4, start_at: float = 0.25,
                        spacing: float = 0.2, idle: float = 120.0, limit: float = 1800.0,
+                       env: dict[str, str] | None = None,
                        log: Callable[[str], None] = lambda _: None) -> ScenarioResult:
     """Run one workload of about ``events`` task events with ``faults`` injected one after another, the first
-    once ``start_at`` of the expected jobs arrived, each next one ``spacing`` later."""
+    once ``start_at`` of the expected jobs arrived, each next one ``spacing`` later. ``env`` adds settings
+    variables (e.g. a smaller ``TC_TREEHERDER_SOURCE_PREFETCH``) for every process of the pipeline."""
     namespace = f"f{secrets.token_hex(4)}"
     sink_user = f"{namespace}-sink"
     began = time.monotonic()
@@ -292,7 +294,7 @@ async def run_scenario(lab: Lab, faults: list[FaultSpec], *, events: int, seed: 
     root_url = await standin.start()
     await _create_user(lab, sink_user)
     env, observer_env = scenario_env(lab, namespace, root_url=root_url, sink_user=sink_user, store=store,
-                                     partitions=partitions)
+                                     partitions=partitions, extra=env)
     settings = load_settings(env=observer_env)
     groups, expected = _workload(settings, root_url, events, seed)
     event_count = sum(len(group.events) for group in groups)
@@ -349,7 +351,7 @@ async def _publish(settings: Settings, standin: QueueStandIn, groups: list[Any])
 async def _management(lab: Lab, method: str, path: str, body: Any = None, *, missing_ok: bool = False) -> Any:
     """One call to the management API; its JSON answer (None when empty)."""
     async with aiohttp.ClientSession(auth=MANAGEMENT_AUTH, timeout=aiohttp.ClientTimeout(total=30)) as session, \
-            session.request(method, f"{lab.management_url}/api/{path}", json=body,
+            session.request(method, f"{lab.management_url.rstrip('/')}/api/{path}", json=body,
                             headers={"X-Reason": "fault injection"}) as answer:
         if answer.status == 404 and missing_ok:
             return None
