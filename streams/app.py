@@ -23,10 +23,12 @@ from typing import Any, NamedTuple, NoReturn
 
 import faust
 import orjson
+from aiokafka import ConsumerRecord
 from faust.streams import _current_event  # the only way to write a table for an event of a batch
 from faust.types import TP, EventT
 
 from streams.core.rules import Rules
+from streams.gaps import OffsetWatch
 from streams.processor import EventProcessor, RetryPolicy, SourceEvent
 from streams.queue_api import QueueClient
 from streams.topics import TABLES
@@ -213,22 +215,27 @@ def create_worker(settings: Settings, *, client: QueueClient | None = None,
         if worker.processor is not None:
             await worker.processor.client.close()
 
+    watch = OffsetWatch(settings, events_topic.get_topic_name(), settings.app_id)
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(app: faust.App, revoked: set[TP], **kwargs: Any) -> None:
+        watch.forget(tp.partition for tp in revoked if tp.topic == watch.topic)
+
+    @app.on_partitions_assigned.connect
+    async def forget_assigned(app: faust.App, assigned: set[TP], **kwargs: Any) -> None:
+        watch.forget(tp.partition for tp in assigned if tp.topic == watch.topic)
+
     @app.agent(events_topic, name="task-events-to-jobs", concurrency=1)
     async def task_events_to_jobs(stream: faust.StreamT) -> None:
         async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN):
             writes = BatchWrites()
-            sources = [
-                SourceEvent(
-                    topic=event.message.topic,
-                    partition=event.message.partition,
-                    offset=event.message.offset,
-                    key=event.key,
-                    value=event.value,
-                    state=TableState(tables, event, writes),
-                )
-                for event in batch
-            ]
             try:
+                # Records Faust skipped come first: they precede the batch in their partitions.
+                skipped = await watch.fetch(await watch.find_gaps(
+                    [(event.message.partition, event.message.offset) for event in batch]))
+                sources = [_source_event(tables, writes, _FetchedEvent(record), record.key, record.value)
+                           for record in skipped]
+                sources += [_source_event(tables, writes, event, event.key, event.value) for event in batch]
                 produced = await processor().process_batch(sources)
                 await _deliver(app, [Outgoing(outputs[record.topic], record.key, record.value)
                                      for record in produced] + writes.take_changelog())
@@ -238,6 +245,20 @@ def create_worker(settings: Settings, *, client: QueueClient | None = None,
                 _exit_unacknowledged(error)
 
     return worker
+
+
+class _FetchedEvent:
+    """A record read around Faust (see ``streams.gaps``), shaped enough like a Faust event for the tables."""
+
+    def __init__(self, record: ConsumerRecord) -> None:
+        self.message = record
+
+
+def _source_event(tables: WorkerTables, writes: BatchWrites, event: Any, key: bytes | None,
+                  value: bytes) -> SourceEvent:
+    message = event.message
+    return SourceEvent(topic=message.topic, partition=message.partition, offset=message.offset, key=key,
+                       value=value, state=TableState(tables, event, writes))
 
 
 def _exit_unacknowledged(error: BaseException) -> NoReturn:

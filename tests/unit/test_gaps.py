@@ -1,0 +1,39 @@
+"""The worker's check that Faust handed it every offset of a partition (the lookups are tested on Kafka)."""
+
+from __future__ import annotations
+
+from streams.gaps import Gap, OffsetWatch
+from tc_treeherder.settings import load_settings
+
+
+def watch(**expected: int) -> OffsetWatch:
+    tracked = OffsetWatch(load_settings(env={}), "events", "group")
+    tracked.expected.update({int(partition[1:]): offset for partition, offset in expected.items()})
+    return tracked
+
+
+async def test_contiguous_offsets_have_no_gap_and_move_the_expectation():
+    tracked = watch(p0=5, p1=0)
+    assert await tracked.find_gaps([(0, 5), (1, 0), (0, 6), (1, 1)]) == []
+    assert tracked.expected == {0: 7, 1: 2}
+
+
+async def test_a_jump_is_a_gap_from_the_expected_offset_to_the_one_that_came():
+    tracked = watch(p0=5, p1=3)
+    gaps = await tracked.find_gaps([(0, 9), (0, 10), (1, 3), (1, 7)])
+    assert gaps == [Gap(0, 5, 9), Gap(1, 4, 7)]
+    assert tracked.expected == {0: 11, 1: 8}
+
+
+async def test_going_back_is_accepted_as_a_rewind_not_a_gap():
+    tracked = watch(p0=20)
+    assert await tracked.find_gaps([(0, 12), (0, 13)]) == []
+    assert tracked.expected == {0: 14}
+
+
+async def test_a_rebalance_forgets_only_the_partitions_it_names():
+    tracked = watch(p0=5, p1=3, p2=9)
+    tracked.forget([1])
+    assert tracked.expected == {0: 5, 2: 9}
+    tracked.forget()
+    assert tracked.expected == {}
