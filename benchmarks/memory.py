@@ -35,8 +35,9 @@ import orjson
 import slugid
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.partitioner import murmur2
 
-from streams.topics import ensure_topics
+from streams.topics import changelog_topic, ensure_topics
 from tc_treeherder.settings import Settings, load_settings
 
 REVISION = "4f1a9c2e7b5d3a8f6e0c1b2d4a6f8e0c2b4d6f8a"
@@ -88,6 +89,24 @@ async def serve_definitions(root_url: str, ids: list[str], first: int) -> None:
                 answer.raise_for_status()
 
 
+async def prewarm_definitions(settings: Settings, ids: list[str]) -> None:
+    """Each definition on its task's partition of the definitions changelog, as the worker would write it."""
+    topic = changelog_topic(settings, "task-definitions")
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=20,
+                                max_batch_size=1 << 20)
+    await producer.start()
+    try:
+        for start in range(0, len(ids), 20_000):
+            futures = []
+            for n, task_id in enumerate(ids[start:start + 20_000], start):
+                key = task_id.encode()
+                partition = (murmur2(key) & 0x7FFFFFFF) % settings.partitions
+                futures.append(await producer.send(topic, orjson.dumps(definition(n)), key=key, partition=partition))
+            await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
 async def produce(settings: Settings, ids: list[str]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=50,
                                 max_batch_size=1 << 20)
@@ -130,6 +149,10 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=1_000_000)
     parser.add_argument("--keep", action="store_true", help="keep the topics and data dir")
+    parser.add_argument("--prewarm", action="store_true",
+                        help="write the definitions to the worker's definitions changelog instead of serving them "
+                             "from the stand-in: the worker recovers them at start (timed) and fetches nothing, "
+                             "so a million tasks take minutes rather than hours")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="tc-treeherder-memory-"))
@@ -151,11 +174,17 @@ async def main() -> int:
         await consumer.start()
         ids = [slugid.nice() for _ in range(args.tasks)]
         began = time.monotonic()
-        await serve_definitions(settings.taskcluster_root_url, ids, 0)
+        if args.prewarm:
+            await prewarm_definitions(settings, ids)
+        else:
+            await serve_definitions(settings.taskcluster_root_url, ids, 0)
         await produce(settings, ids)
         print(f"{args.tasks} definitions served and events produced in {time.monotonic() - began:.1f}s", flush=True)
 
         worker = start_worker(env, log)
+        if args.prewarm:
+            recovered = wait_for_log(log, "[^Worker]: Ready", 0, 1800)
+            print(f"worker ready after recovering {args.tasks} definitions: {recovered}s", flush=True)
         began, first_out, peak_rss, done, last_print = time.monotonic(), None, 0, 0, 0.0
         while done < args.tasks:
             await asyncio.sleep(1.0)
