@@ -14,6 +14,7 @@ Used by ``benchmarks/faults.py`` (the full matrix, one scenario per fault) and b
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import secrets
@@ -46,7 +47,8 @@ from tc_treeherder.settings import Settings, load_settings
 from tc_treeherder.stack import kafka
 
 MANAGEMENT_URL = "http://localhost:15672"
-MANAGEMENT_AUTH = aiohttp.BasicAuth("guest", "guest")
+# The management API of the local broker: guest/guest, as an Authorization header.
+MANAGEMENT_HEADERS = {"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()}
 SINK_PASSWORD = "faults"  # the per-scenario RabbitMQ user the sink publishes as (loopback test broker only)
 
 
@@ -350,7 +352,7 @@ async def _publish(settings: Settings, standin: QueueStandIn, groups: list[Any])
 
 async def _management(lab: Lab, method: str, path: str, body: Any = None, *, missing_ok: bool = False) -> Any:
     """One call to the management API; its JSON answer (None when empty)."""
-    async with aiohttp.ClientSession(auth=MANAGEMENT_AUTH, timeout=aiohttp.ClientTimeout(total=30)) as session, \
+    async with aiohttp.ClientSession(headers=MANAGEMENT_HEADERS, timeout=aiohttp.ClientTimeout(total=30)) as session, \
             session.request(method, f"{lab.management_url.rstrip('/')}/api/{path}", json=body,
                             headers={"X-Reason": "fault injection"}) as answer:
         if answer.status == 404 and missing_ok:
