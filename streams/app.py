@@ -16,7 +16,7 @@ import asyncio
 import logging
 import os
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, NoReturn
@@ -108,11 +108,14 @@ class BatchWrites:
     def put_guard_rank(self, key: str, rank: int, event: EventT) -> None:
         self._guard[key] = (rank, event)
 
-    def release_guard(self, table: faust.Table) -> list[Outgoing]:
-        """Apply the guard entries to the local store; the changelog records to send for them."""
+    def release_guard(self, table: faust.Table, progress: faust.Table, last_events: Iterable[Any]) -> list[Outgoing]:
+        """Apply the guard entries, and each partition's last processed offset, to the local store; the
+        changelog records to send for them."""
         for key, (rank, event) in self._guard.items():
             self.save(table, event, key.encode(), str(rank).encode())
         self._guard.clear()
+        for event in last_events:
+            self.save(progress, event, _progress_key(event.message.partition), str(event.message.offset).encode())
         return self.take_changelog()
 
 
@@ -163,6 +166,7 @@ class WorkerTables:
     definitions: faust.Table  # taskId -> task definition, as the Queue API returned it
     artifacts: faust.Table  # taskId/runId -> artifact listing of a resolved run, all pages
     emitted: faust.Table  # destination/taskId/runId -> furthest job state emitted (state guard)
+    progress: faust.Table  # partition number -> last offset whose output is in Kafka (see streams/gaps.py)
 
 
 @dataclass(slots=True)
@@ -231,20 +235,36 @@ def create_worker(settings: Settings, *, client: QueueClient | None = None,
             writes = BatchWrites()
             try:
                 # Records Faust skipped come first: they precede the batch in their partitions.
+                first = {}
+                for event in batch:
+                    first.setdefault(event.message.partition, event)
                 skipped = await watch.fetch(await watch.find_gaps(
-                    [(event.message.partition, event.message.offset) for event in batch]))
+                    [(event.message.partition, event.message.offset) for event in batch],
+                    processed=lambda partition, first=first: _processed_upto(tables.progress, first[partition])))
                 sources = [_source_event(tables, writes, _FetchedEvent(record), record.key, record.value)
                            for record in skipped]
                 sources += [_source_event(tables, writes, event, event.key, event.value) for event in batch]
                 produced = await processor().process_batch(sources)
                 await _deliver(app, [Outgoing(outputs[record.topic], record.key, record.value)
                                      for record in produced] + writes.take_changelog())
-                # Only now, with the jobs they vouch for in Kafka, the guard entries:
-                await _deliver(app, writes.release_guard(tables.emitted))
+                # Only now, with the jobs they vouch for in Kafka, the guard entries and the progress marks:
+                last = {event.message.partition: event for event in batch}
+                await _deliver(app, writes.release_guard(tables.emitted, tables.progress, last.values()))
             except BaseException as error:  # nothing is swallowed: the process exits
                 _exit_unacknowledged(error)
 
     return worker
+
+
+def _progress_key(partition: int) -> bytes:
+    return str(partition).encode()
+
+
+def _processed_upto(progress: faust.Table, event: Any) -> int | None:
+    """The last offset of ``event``'s partition that a worker of the group recorded as processed."""
+    with _acting_for(event):
+        raw = progress.get(_progress_key(event.message.partition))
+    return None if raw is None else int(raw)
 
 
 class _FetchedEvent:

@@ -7,7 +7,9 @@ are lost. The task-events topic is written by an idempotent, non-transactional p
 so its offsets have no holes of their own: a jump is always a loss.
 
 ``OffsetWatch`` remembers, per partition, the offset it expects next: after a (re)assignment, the group's
-committed offset (or the start of the log), then one past the last event seen. When an event arrives past
+committed offset (or the start of the log), or, when Faust committed past records no worker processed, one
+past the last offset the workers recorded as processed (a table of their own, written after each batch's
+output is in Kafka); then one past the last event seen. When an event arrives past
 that, the missing records are read with a consumer of its own (no group, nothing committed) and handed to
 the agent ahead of the batch, so they are processed before anything after them is acknowledged. Going
 backwards (Faust seeking back) is simply accepted: the output is the same again.
@@ -16,7 +18,7 @@ backwards (Faust seeking back) is simply accepted: the output is the same again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -53,11 +55,24 @@ class OffsetWatch:
             for partition in partitions:
                 self.expected.pop(partition, None)
 
-    async def find_gaps(self, offsets: Sequence[tuple[int, int]]) -> list[Gap]:
-        """Gaps before the ``(partition, offset)`` pairs of a batch, in order; updates the expectations."""
+    async def find_gaps(self, offsets: Sequence[tuple[int, int]],
+                        processed: Callable[[int], int | None] = lambda partition: None) -> list[Gap]:
+        """Gaps before the ``(partition, offset)`` pairs of a batch, in order; updates the expectations.
+
+        ``processed(partition)`` is the last offset this group's workers have processed (their own record of
+        it, kept in a table), if known: a committed offset past it means Faust committed records no worker
+        saw, and the gap starts right after it.
+        """
         unknown = sorted({partition for partition, _ in offsets if partition not in self.expected})
         if unknown:
-            self.expected.update(await self._starting_offsets(unknown))
+            starts = await self._starting_offsets(unknown)
+            for partition in unknown:
+                done = processed(partition)
+                if done is not None and done + 1 < starts[partition]:
+                    log.warning("partition %d: the group committed offset %d but its workers processed only up "
+                                "to %d", partition, starts[partition], done)
+                    starts[partition] = done + 1
+            self.expected.update(starts)
         gaps = []
         for partition, offset in offsets:
             expected = self.expected[partition]

@@ -54,7 +54,7 @@ class TopicNames:
 
 
 # The worker's tables (see streams/app.py); Faust names a table's changelog "<app id>-<table>-changelog".
-TABLES = ("task-definitions", "run-artifacts", "emitted-states")
+TABLES = ("task-definitions", "run-artifacts", "emitted-states", "partition-progress")
 
 
 def changelog_topic(settings: Settings, table: str) -> str:
