@@ -10,15 +10,11 @@ rejected tasks) with their definitions and artifact listings. From it come, for 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aio_pika
 import orjson
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
 from connectors.pulse_source import convert_body
@@ -92,24 +88,3 @@ def partition_of(key: bytes, partitions: int) -> int:
     """The partition aiokafka's default partitioner (and so the source) gives ``key``."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
-
-async def delete_namespace(settings: Settings, *, queues: Sequence[str] = (), exchanges: Sequence[str] = ()) -> None:
-    """Remove a run's topics (everything named ``<namespace>.``), its queues and exchanges."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    with contextlib.suppress(KafkaError, OSError):
-        await admin.start()
-        names = [name for name in await admin.list_topics() if name.startswith(f"{settings.namespace}.")]
-        if names:
-            await admin.delete_topics(names)
-    await admin.close()
-    with contextlib.suppress(aio_pika.exceptions.AMQPError, OSError):
-        connection = await aio_pika.connect(settings.pulse_url)
-        async with connection:
-            channel = await connection.channel()
-            for queue in (settings.pulse_queue("task-events"), *queues):
-                await channel.queue_delete(queue)
-            names = [settings.task_exchange(kind) for kind in
-                     ("defined", "pending", "running", "completed", "failed", "exception")]
-            names += [destination.exchange for destination in settings.destinations] + list(exchanges)
-            for name in names:
-                await channel.exchange_delete(name)

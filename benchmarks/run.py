@@ -80,7 +80,8 @@ async def with_standin(action: Any) -> Any:
 
 async def part(name: str, base: Any, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks import bench_stages
-    from benchmarks.bench_data import delete_namespace, stage_data
+    from benchmarks.bench_data import stage_data
+    from tc_treeherder.devtools.harness import delete_namespace
 
     settings, env = run_settings(base, run_dir, name)
     cleanup: dict[str, Any] = {}

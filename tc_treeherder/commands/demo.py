@@ -58,7 +58,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from tc_treeherder.devtools.harness import JobObserver, LocalPipeline, expected_job_count, wait_for_consumer
+    from tc_treeherder.devtools.harness import (
+        JobObserver,
+        LocalPipeline,
+        delete_namespace,
+        expected_job_count,
+        wait_for_consumer,
+    )
     from tc_treeherder.devtools.queue_standin import QueueStandIn
     from tc_treeherder.settings import load_settings
 
@@ -106,7 +112,7 @@ async def _demo(args: argparse.Namespace, settings: Settings) -> int:
         await observer.close()
         await standin.stop()
         if own_namespace and not args.keep:
-            await _clean_up(demo_settings)
+            await delete_namespace(demo_settings)
 
 
 def _settings_env(settings: Settings, *, namespace: str, root_url: str, state_dir: Path) -> dict[str, str]:
@@ -230,32 +236,3 @@ def _summary(report: Any, observer: Any, wanted: int, rejected: Counter[str], pu
           "(first publish to last job confirmed)")
     if duplicates:
         print(f"  duplicates         {duplicates} messages for jobs already received")
-
-
-async def _clean_up(settings: Settings) -> None:
-    """Delete the demo's topics, queue and exchanges, so repeated demos leave nothing behind."""
-    import contextlib
-
-    import aio_pika
-    from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.errors import KafkaError
-
-    from tc_treeherder.kafka_config import kafka_client_kwargs
-
-    admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings))
-    with contextlib.suppress(KafkaError, OSError):
-        await admin.start()
-        names = [name for name in await admin.list_topics() if name.startswith(f"{settings.namespace}.")]
-        if names:
-            await admin.delete_topics(names)
-    await admin.close()
-    with contextlib.suppress(aio_pika.exceptions.AMQPError, OSError):
-        connection = await aio_pika.connect(settings.pulse_url)
-        async with connection:
-            channel = await connection.channel()
-            await channel.queue_delete(settings.pulse_queue("task-events"))
-            for kind in ("defined", "pending", "running", "completed", "failed", "exception"):
-                await channel.exchange_delete(settings.task_exchange(kind))
-            for destination in settings.destinations:
-                await channel.exchange_delete(destination.exchange)
-

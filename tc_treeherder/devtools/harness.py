@@ -264,6 +264,36 @@ async def wait_for_consumer(pulse_url: str, queue: str, patience: float = 60.0) 
         await connection.close()
 
 
+async def delete_namespace(settings: Settings, *, queues: Iterable[str] = (), exchanges: Iterable[str] = ()) -> None:
+    """Remove a run's topics (everything named ``<namespace>.``), its source queue and its exchanges.
+
+    For the demo, the tests' and benchmarks' throwaway namespaces: never call it on a namespace in use.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    from tc_treeherder.kafka_config import kafka_client_kwargs
+
+    admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings))
+    with contextlib.suppress(KafkaError, OSError):
+        await admin.start()
+        names = [name for name in await admin.list_topics() if name.startswith(f"{settings.namespace}.")]
+        if names:
+            await admin.delete_topics(names)
+    await admin.close()
+    with contextlib.suppress(aio_pika.exceptions.AMQPError, OSError):
+        connection = await aio_pika.connect(settings.pulse_url)
+        async with connection:
+            channel = await connection.channel()
+            for queue in (settings.pulse_queue("task-events"), *queues):
+                await channel.queue_delete(queue)
+            exchange_names = [settings.task_exchange(kind) for kind in
+                              ("defined", "pending", "running", "completed", "failed", "exception")]
+            exchange_names += [destination.exchange for destination in settings.destinations] + list(exchanges)
+            for name in exchange_names:
+                await channel.exchange_delete(name)
+
+
 def expected_job_count(expected: Iterable[Any]) -> int:
     """Job messages the simulated workload should produce: the simulator's independent oracle."""
     return sum(run.jobs for run in expected if run.delivered and run.outcome == "jobs")

@@ -8,13 +8,14 @@ from streams.gaps import OffsetWatch
 from streams.topics import ensure_topics
 
 
-async def test_skipped_records_are_read_back_and_a_partition_resumes_at_the_group_commit(settings):
+async def partition_zero_with(settings, events: int, committed: int) -> tuple[str, str]:
+    """``events`` records on partition 0 of the task-events topic, and a group that committed ``committed``."""
     await ensure_topics(settings)
     topic = settings.topic("task-events")
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     await producer.start()
     try:
-        for offset in range(10):
+        for offset in range(events):
             await producer.send_and_wait(topic, f"event {offset}".encode(), key=b"k", partition=0)
     finally:
         await producer.stop()
@@ -24,9 +25,14 @@ async def test_skipped_records_are_read_back_and_a_partition_resumes_at_the_grou
     await committer.start()
     try:
         committer.assign([TopicPartition(topic, 0)])
-        await committer.commit({TopicPartition(topic, 0): 4})
+        await committer.commit({TopicPartition(topic, 0): committed})
     finally:
         await committer.stop()
+    return topic, group
+
+
+async def test_skipped_records_are_read_back_and_a_partition_resumes_at_the_group_commit(settings):
+    topic, group = await partition_zero_with(settings, events=10, committed=4)
 
     watch = OffsetWatch(settings, topic, group)
     gaps = await watch.find_gaps([(0, 7), (0, 8), (1, 0)])  # partition 1: nothing committed, log starts at 0
@@ -39,24 +45,7 @@ async def test_skipped_records_are_read_back_and_a_partition_resumes_at_the_grou
 
 
 async def test_a_commit_past_what_the_workers_processed_is_not_trusted(settings):
-    await ensure_topics(settings)
-    topic = settings.topic("task-events")
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-    await producer.start()
-    try:
-        for offset in range(6):
-            await producer.send_and_wait(topic, f"event {offset}".encode(), key=b"k", partition=0)
-    finally:
-        await producer.stop()
-    group = settings.topic("gap-test")
-    committer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group,
-                                 enable_auto_commit=False)
-    await committer.start()
-    try:
-        committer.assign([TopicPartition(topic, 0)])
-        await committer.commit({TopicPartition(topic, 0): 5})  # Faust committed through offset 4...
-    finally:
-        await committer.stop()
+    topic, group = await partition_zero_with(settings, events=6, committed=5)  # Faust committed through 4...
 
     watch = OffsetWatch(settings, topic, group)
     gaps = await watch.find_gaps([(0, 5)], processed=lambda partition: 1)  # ...but the workers did up to 1
