@@ -15,6 +15,7 @@ import signal
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,27 @@ class Connector(ABC):
 
     async def close(self) -> None:  # noqa: B027 (a hook)
         """Release what ``start`` acquired; called even when ``start`` or ``run`` failed."""
+
+    async def start_producer(self, label: str, make: Callable[[], Any]) -> Any | None:
+        """A started Kafka producer from ``make()``, retried with backoff while Kafka does not answer.
+
+        None when the connector was asked to stop before Kafka answered.
+        """
+        from aiokafka.errors import KafkaConnectionError
+
+        backoff = Backoff()
+        while not self.stopping:
+            producer = make()
+            try:
+                await producer.start()
+            except KafkaConnectionError as error:
+                await producer.stop()
+                delay = backoff.delay()
+                log.warning("%s: Kafka unreachable (%s); retrying in %.1fs", label, error, delay)
+                await self.pause(delay)
+                continue
+            return producer
+        return None
 
     async def serve(self, *, handle_signals: bool = True) -> None:
         """Run the connector; SIGINT/SIGTERM stop it gracefully, a second one cancels the graceful stop."""

@@ -323,20 +323,9 @@ class PulseSink(Connector):
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
-        backoff = Backoff()
-        while not self.stopping:
-            producer = AIOKafkaProducer(**kafka_client_kwargs(self.settings), acks="all",
-                                        enable_idempotence=True, client_id=f"{self.settings.app_id}-sink")
-            try:
-                await producer.start()
-            except KafkaConnectionError as error:
-                await producer.stop()
-                delay = backoff.delay()
-                log.warning("sink: Kafka unreachable (%s); retrying in %.1fs", error, delay)
-                await self.pause(delay)
-                continue
-            self._producer = producer
-            return
+        self._producer = await self.start_producer("sink", lambda: AIOKafkaProducer(
+            **kafka_client_kwargs(self.settings), acks="all", enable_idempotence=True,
+            client_id=f"{self.settings.app_id}-sink"))
 
     async def run(self) -> None:
         if self._producer is None:

@@ -28,7 +28,7 @@ import aiormq
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 
 from connectors.base import Backoff, Connector
 from streams import records
@@ -191,27 +191,15 @@ class PulseSource(Connector):
     # Lifecycle ----------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        backoff = Backoff()
-        while not self.stopping:
-            producer = AIOKafkaProducer(
-                **kafka_client_kwargs(self.settings),
-                client_id=f"{self.settings.app_id}-source",
-                acks="all",
-                enable_idempotence=True,  # a retried batch is not written twice
-                linger_ms=5,
-                max_batch_size=512 * 1024,
-                max_request_size=max_record_bytes(self.settings) + 1024,
-            )
-            try:
-                await producer.start()
-            except KafkaConnectionError as error:
-                await producer.stop()
-                delay = backoff.delay()
-                log.warning("source: Kafka unreachable (%s); retrying in %.1fs", error, delay)
-                await self.pause(delay)
-                continue
-            self._producer = producer
-            return
+        self._producer = await self.start_producer("source", lambda: AIOKafkaProducer(
+            **kafka_client_kwargs(self.settings),
+            client_id=f"{self.settings.app_id}-source",
+            acks="all",
+            enable_idempotence=True,  # a retried batch is not written twice
+            linger_ms=5,
+            max_batch_size=512 * 1024,
+            max_request_size=max_record_bytes(self.settings) + 1024,
+        ))
 
     async def run(self) -> None:
         if self._producer is None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import sys
 
 from tc_treeherder.settings import Settings
@@ -30,8 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from connectors.pulse_sink import PulseSink
-    from streams.topics import TopicError, ensure_topics
-    from tc_treeherder.observability.web import metrics_server
+    from tc_treeherder.commands._serve import serve_connector
 
     known = {d.name: d for d in settings.destinations} | {d.route_prefix: d for d in settings.destinations}
     unknown = [name for name in args.destination if name not in known]
@@ -46,18 +43,4 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
               file=sys.stderr)
         return 2
 
-    logging.getLogger("connectors").setLevel(args.loglevel.upper())
-    logging.getLogger("streams").setLevel(args.loglevel.upper())
-
-    async def main() -> int:
-        try:
-            await ensure_topics(settings)
-        except TopicError as error:
-            logging.getLogger("connectors").error("%s", error)
-            return 1
-        sink = PulseSink(settings, chosen)
-        async with metrics_server(settings, "sink", sink):
-            await sink.serve()
-        return 0
-
-    return asyncio.run(main())
+    return serve_connector(settings, "sink", lambda: PulseSink(settings, chosen), args.loglevel)

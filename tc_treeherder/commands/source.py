@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 
 from tc_treeherder.settings import Settings
 
@@ -26,21 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from connectors.pulse_source import PulseSource
-    from streams.topics import TopicError, ensure_topics
-    from tc_treeherder.observability.web import metrics_server
+    from tc_treeherder.commands._serve import serve_connector
 
-    logging.getLogger("connectors").setLevel(args.loglevel.upper())
-    logging.getLogger("streams").setLevel(args.loglevel.upper())
-
-    async def main() -> int:
-        try:
-            await ensure_topics(settings)
-        except TopicError as error:
-            logging.getLogger("connectors").error("%s", error)
-            return 1
-        source = PulseSource(settings)
-        async with metrics_server(settings, "source", source):
-            await source.serve()
-        return 0
-
-    return asyncio.run(main())
+    return serve_connector(settings, "source", lambda: PulseSource(settings), args.loglevel)
