@@ -41,3 +41,17 @@ def event_body_schema(kind: str) -> dict[str, Any]:
         "definitions": document["definitions"],
         "$ref": f"#/definitions/task-{kind}",
     }
+
+
+def envelope_with_body_schema(kind: str) -> dict[str, Any]:
+    """The envelope schema with its payload held to the ``task-<kind>`` body: both checks in one validator call.
+
+    Valid under this schema means valid under ``envelope.json`` and under ``event_body_schema(kind)``.
+    """
+    document = load_schema("task-event")
+    envelope = {key: value for key, value in load_schema("envelope").items() if key != "$schema"}
+    return {
+        "$schema": document["$schema"],
+        "definitions": document["definitions"],
+        "allOf": [envelope, {"properties": {"payload": {"$ref": f"#/definitions/task-{kind}"}}}],
+    }

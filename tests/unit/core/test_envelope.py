@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
+from unittest.mock import patch
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.core import envelope as envelope_module
 from streams.core.envelope import parse_envelope
 from streams.core.model import EventKind, Rejected, Stage, TaskEvent
+from streams.core.validation import envelope_check, event_check
+from tests.conftest import PROPERTY_CASES
 from tests.unit.core.factories import ROOT_URL, TASK_ID, make_envelope, make_event
+from tests.unit.test_properties_core import KINDS, bad_values, bodies, broken
 
 
 @pytest.mark.parametrize("kind", [k.value for k in EventKind])
@@ -131,3 +139,25 @@ def test_a_huge_value_is_cut_in_the_reason():
     rejected = parse_envelope(envelope)
     assert len(rejected.reason) < 400
     assert rejected.task_id is None or len(rejected.task_id) <= 64
+
+
+
+_envelopes = st.one_of(
+    bodies().flatmap(lambda body: broken(make_envelope(body))),
+    st.builds(lambda body, kind: make_envelope(body, kind=kind), bodies(), st.sampled_from(KINDS)),  # mismatched
+    bad_values,
+)
+
+
+@given(envelope=_envelopes, default_root_url=st.sampled_from([None, ROOT_URL]))
+def test_the_one_call_check_passes_only_what_both_step_by_step_checks_pass(envelope, default_root_url):
+    """The combined fast check is a shortcut: whatever it lets through, the envelope and body checks pass too,
+    and parse_envelope gives the same outcome with the shortcut switched off."""
+    PROPERTY_CASES["core: envelope shortcut"] += 1
+    kind = envelope_module._sound_kind(envelope)
+    if kind is not None:
+        assert envelope_check().reference_errors(envelope) is None
+        assert event_check(kind.value).reference_errors(envelope["payload"]) is None
+    with patch.object(envelope_module, "_sound_kind", return_value=None):
+        step_by_step = parse_envelope(envelope, default_root_url)
+    assert parse_envelope(envelope, default_root_url) == step_by_step
