@@ -105,9 +105,7 @@ def build_job(facts: JobFacts) -> dict[str, Any]:
             job["timeStarted"] = run["started"]
             job["logs"] = [{"name": "live_backing_log", "url": facts.log_url}]
         job["timeCompleted"] = run["resolved"]
-        job["jobInfo"]["links"] = [
-            {"label": "artifact uploaded", "linkText": link.text, "url": link.url} for link in links
-        ]
+        job["jobInfo"]["links"] = [{"label": "artifact uploaded", "linkText": text, "url": url} for text, url in links]
     return job
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import NamedTuple
 
 from streams.core.model import Stage
@@ -50,7 +51,9 @@ def select_route(routes: Sequence[str], rules: Rules) -> TreeherderRoute:
     return parse_route(chosen[0])
 
 
+@lru_cache(maxsize=4096)
 def parse_route(route: str) -> TreeherderRoute:
+    """The parts of one route; cached, since every task of a push reports by the same route (errors are not)."""
     words = route.split(".")
     if len(words) not in (4, 5) or words[1] != "v2":
         raise RouteProblem(f"route {route!r} does not have the form {ROUTE_FORM}")

@@ -46,12 +46,15 @@ def event_body_schema(kind: str) -> dict[str, Any]:
 def envelope_with_body_schema(kind: str) -> dict[str, Any]:
     """The envelope schema with its payload held to the ``task-<kind>`` body: both checks in one validator call.
 
-    Valid under this schema means valid under ``envelope.json`` and under ``event_body_schema(kind)``.
+    Valid under this schema means valid under ``envelope.json`` and under ``event_body_schema(kind)``. The body
+    schema sits inside ``payload`` rather than beside the envelope in an ``allOf``, which validates faster.
     """
     document = load_schema("task-event")
-    envelope = {key: value for key, value in load_schema("envelope").items() if key != "$schema"}
+    envelope = load_schema("envelope")
+    payload = {**envelope["properties"]["payload"], "allOf": [{"$ref": f"#/definitions/task-{kind}"}]}
     return {
+        **envelope,
         "$schema": document["$schema"],
-        "definitions": document["definitions"],
-        "allOf": [envelope, {"properties": {"payload": {"$ref": f"#/definitions/task-{kind}"}}}],
+        "definitions": {**envelope.get("definitions", {}), **document["definitions"]},
+        "properties": {**envelope["properties"], "payload": payload},
     }

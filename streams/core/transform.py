@@ -23,16 +23,17 @@ _RESOLVED_STATES = frozenset({"completed", "failed", "exception"})
 
 
 class _Cleared(NamedTuple):
-    """Preflight passed: the parsed route and the validated config."""
+    """Preflight passed: the parsed route, the validated config and the event's run (None for task-defined)."""
 
     route: TreeherderRoute
     config: Mapping[str, Any]
+    run: Mapping[str, Any] | None
 
 
 def preflight(event: TaskEvent, task: Mapping[str, Any], rules: Rules) -> Ignored | Rejected | None:
     """Whether this event can become a job at all; None means go on (then fetch artifacts, then transform)."""
     checked = _check(event, task, rules)
-    return None if isinstance(checked, _Cleared) else checked
+    return None if type(checked) is _Cleared else checked
 
 
 def artifacts_run(event: TaskEvent) -> int | None:
@@ -53,28 +54,33 @@ def transform(
 ) -> Outcome:
     """Job messages for this event (one per destination), or Ignored/Rejected with the reason."""
     checked = _check(event, task, rules)
-    if not isinstance(checked, _Cleared):
+    if type(checked) is not _Cleared:
         return checked
-    route = checked.route
+    route, config, run = checked
     task_id = event.task_id
     run_id = event.run_id or 0
-    listing = artifacts if artifacts_run(event) is not None else None
+    # artifacts_run(event) is not None, with what the checks established: the run exists, not created as exception
+    if event.kind in _RESOLVED and event.run_id is not None and run["state"] in _RESOLVED_STATES:  # type: ignore[index]
+        listing = artifacts
+    else:
+        listing = None
     try:
         links = artifact_links(event.root_url, task_id, run_id, listing)
     except BadListing as problem:
         return Rejected(task_id, f"artifact listing of run {run_id}: {problem}", Stage.JOB)
+    prefix = route.prefix
     facts = JobFacts(
-        event=event,
-        task=task,
-        route=route,
-        destination=rules.destination(route.prefix),
-        config=checked.config,
-        run_id=run_id,
-        run=None if event.kind is EventKind.DEFINED else event.run,
-        artifact_links=links,
-        listing_failure=listing.reason if isinstance(listing, ListingFailed) else None,
+        event,
+        task,
+        route,
+        rules.destination(prefix),
+        config,
+        run_id,
+        run,
+        links,
+        listing.reason if listing is not None and isinstance(listing, ListingFailed) else None,
     )
-    profile = PROFILES[rules.profile(route.prefix)]
+    profile = PROFILES[rules.profile(prefix)]
     job = profile.build(facts)
     problem = profile.errors(job) or text_errors(job)
     if problem is not None:
@@ -117,17 +123,18 @@ def _check(event: TaskEvent, task: Mapping[str, Any], rules: Rules) -> _Cleared 
         return Rejected(task_id, problem, Stage.CONFIG)
 
     kind = event.kind
-    if kind is not EventKind.DEFINED:
-        run = event.run
-        if run is None:
-            return Ignored(task_id, f"task-{kind.value} names no run of the task: nothing to report", Stage.JOB)
-        if kind is EventKind.EXCEPTION and run["reasonCreated"] == "exception":
-            return Ignored(
-                task_id,
-                f"run {event.run_id} was created as an exception (e.g. deadline exceeded before it ran): no job",
-                Stage.JOB,
-            )
-    return _Cleared(route, config)
+    if kind is EventKind.DEFINED:
+        return _Cleared(route, config, None)  # a task-defined job is built without a run
+    run = event.run
+    if run is None:
+        return Ignored(task_id, f"task-{kind.value} names no run of the task: nothing to report", Stage.JOB)
+    if kind is EventKind.EXCEPTION and run["reasonCreated"] == "exception":
+        return Ignored(
+            task_id,
+            f"run {event.run_id} was created as an exception (e.g. deadline exceeded before it ran): no job",
+            Stage.JOB,
+        )
+    return _Cleared(route, config, run)
 
 
 _NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
