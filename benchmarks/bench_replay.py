@@ -5,7 +5,10 @@ definitions and artifact listings to the worker's changelog topics (the same raw
 writes), then times the replay of the whole range: the key pass, the changelog reads, the transform and
 (unless ``--dry-run``) producing every job. No Queue API is involved (``--no-queue``).
 
-    .venv/bin/python benchmarks/bench_replay.py [--tasks 5000] [--dry-run]
+    .venv/bin/python -m benchmarks.bench_replay [--tasks 5000] [--repeats 3] [--dry-run] [--profile FILE]
+
+The range is written once and replayed ``--repeats`` times (the machine is shared: compare medians); the
+namespace is deleted afterwards. ``--profile`` writes a cProfile of the replays (read it with ``pstats``).
 
 Needs Kafka at TC_TREEHERDER_KAFKA_BOOTSTRAP (default: the test broker, localhost:19092).
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import io
 import os
 import secrets
@@ -33,6 +37,7 @@ from aiokafka.partitioner import murmur2  # noqa: E402
 from streams.replay import Replay, ReplayOptions  # noqa: E402
 from streams.replay_plan import select  # noqa: E402
 from streams.topics import ensure_topics  # noqa: E402
+from tc_treeherder.devtools.harness import delete_namespace  # noqa: E402
 from tc_treeherder.settings import load_settings  # noqa: E402
 from tests.unit.core.factories import make_artifacts, make_envelope, make_event, make_task  # noqa: E402
 
@@ -62,30 +67,53 @@ async def prepare(settings, tasks: int) -> None:
     await producer.stop()
 
 
-async def measure(settings, tasks: int, *, dry_run: bool = False):
-    """Write ``tasks`` lifecycles and their table records, then replay them; returns the replay's report."""
-    await prepare(settings, tasks)
+async def replay_once(settings, *, dry_run: bool = False):
+    """One replay of the whole prepared range; returns its report."""
     options = ReplayOptions(selection=select(settings), from_offsets=dict.fromkeys(range(settings.partitions), 0),
                             use_queue=False, dry_run=dry_run)
     result = await Replay(settings, options, progress=io.StringIO()).run()
     return result.report
 
 
+async def measure(settings, tasks: int, *, dry_run: bool = False):
+    """Write ``tasks`` lifecycles and their table records, then replay them; returns the replay's report."""
+    await prepare(settings, tasks)
+    return await replay_once(settings, dry_run=dry_run)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=5000)
+    parser.add_argument("--repeats", type=int, default=1, help="replays of the same range (median shown)")
     parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--profile", metavar="FILE", help="write a cProfile of the replays to FILE")
     args = parser.parse_args()
     settings = load_settings(env={
         "TC_TREEHERDER_KAFKA_BOOTSTRAP": os.environ.get("TC_TREEHERDER_KAFKA_BOOTSTRAP", "localhost:19092"),
         "TC_TREEHERDER_NAMESPACE": f"bench{secrets.token_hex(3)}",
         "TC_TREEHERDER_PARTITIONS": "8",
     })
-    started = time.monotonic()
-    report = await measure(settings, args.tasks, dry_run=args.dry_run)
-    print(f"wrote {args.tasks * 3} events and {args.tasks * 2} table records, replayed, in "
-          f"{time.monotonic() - started:.1f}s")
-    print("\n".join(report.lines()))
+    try:
+        started = time.monotonic()
+        await prepare(settings, args.tasks)
+        print(f"wrote {args.tasks * 3} events and {args.tasks * 2} table records in "
+              f"{time.monotonic() - started:.1f}s")
+        profiler = cProfile.Profile() if args.profile else None
+        reports = []
+        for _ in range(max(1, args.repeats)):
+            if profiler is not None:
+                profiler.enable()
+            reports.append(await replay_once(settings, dry_run=args.dry_run))
+            if profiler is not None:
+                profiler.disable()
+            print(f"  replay {len(reports)}: {reports[-1].rate:,.0f} events/s")
+        if profiler is not None:
+            profiler.dump_stats(args.profile)
+        median = sorted(reports, key=lambda report: report.rate)[len(reports) // 2]
+        print(f"median of {len(reports)}: {median.rate:,.0f} events/s")
+        print("\n".join(median.lines()))
+    finally:
+        await delete_namespace(settings)
 
 
 if __name__ == "__main__":
