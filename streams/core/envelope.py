@@ -85,7 +85,7 @@ def _sound_kind(raw: object) -> EventKind | None:
     if kind is None:
         return None
     try:
-        return kind if envelope_fast_check(kind.value).is_valid(raw) else None
+        return kind if envelope_fast_check(kind).is_valid(raw) else None
     except ValueError:  # a value jsonschema-rs cannot read: the reference checks judge it
         return None
 

@@ -40,7 +40,7 @@ def job_labels(config: Any) -> list[str]:
     if labels:
         return list(labels)
     collection = config.get("collection")
-    if isinstance(collection, Mapping) and collection:
+    if collection and (type(collection) is dict or isinstance(collection, Mapping)):
         return list(collection)
     return ["opt"]
 

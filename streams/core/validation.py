@@ -118,7 +118,7 @@ def event_check(kind: str) -> SchemaCheck:
 
 
 @cache
-def envelope_fast_check(kind: str) -> Any:
+def envelope_fast_check(kind: str) -> Any:  # kind: an EventKind or its value (a StrEnum hashes as its value)
     """The fast validator alone for an envelope and its ``task-<kind>`` body in one call.
 
     Only "valid" is taken from it (a subset of what the two reference checks accept); anything else goes
