@@ -76,7 +76,7 @@ class TaskEvent:
     @property
     def run(self) -> Mapping[str, Any] | None:
         """The run this event is about (run 0 for task-defined, None when the status lists no such run)."""
-        runs = self.status.get("runs") or []
+        runs = self.payload["status"].get("runs") or []
         index = 0 if self.run_id is None else self.run_id
         return runs[index] if index < len(runs) else None
 

@@ -38,10 +38,13 @@ def preflight(event: TaskEvent, task: Mapping[str, Any], rules: Rules) -> Ignore
 
 def artifacts_run(event: TaskEvent) -> int | None:
     """The run whose artifact listing the job needs: a resolved run of a completed/failed/exception event."""
-    if event.kind not in _RESOLVED or event.run_id is None:
+    kind = event.kind
+    if kind not in _RESOLVED or event.run_id is None:
         return None
     run = event.run
-    if run is None or run["state"] not in _RESOLVED_STATES or _created_as_exception(event):
+    if run is None or run["state"] not in _RESOLVED_STATES:
+        return None
+    if kind is EventKind.EXCEPTION and run["reasonCreated"] == "exception":  # no job for such a run
         return None
     return event.run_id
 
@@ -138,13 +141,6 @@ def _check(event: TaskEvent, task: Mapping[str, Any], rules: Rules) -> _Cleared 
 
 
 _NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
-
-
-def _created_as_exception(event: TaskEvent) -> bool:
-    if event.kind is not EventKind.EXCEPTION:
-        return False
-    run = event.run
-    return run is not None and run["reasonCreated"] == "exception"
 
 
 def _task_shape(task: Mapping[str, Any]) -> str | None:
