@@ -11,11 +11,12 @@ from streams.core.validation import envelope_check, envelope_fast_check, event_c
 _KINDS = {f"task-{kind.value}": kind for kind in EventKind}
 _NO_ROOT_URL = "rootUrl: missing, and no default root URL is configured"
 # The times a job of each kind is built from: the schema cannot say "the run named by runId has them".
+# Keyed by exchange name, which the envelope holds anyway: EventKind.value is a Python-level property.
 _RUN_TIMES = {
-    EventKind.RUNNING: ("started",),
-    EventKind.COMPLETED: ("started", "resolved"),
-    EventKind.FAILED: ("started", "resolved"),
-    EventKind.EXCEPTION: ("resolved",),
+    "task-running": ("started",),
+    "task-completed": ("started", "resolved"),
+    "task-failed": ("started", "resolved"),
+    "task-exception": ("resolved",),
 }
 
 
@@ -60,7 +61,7 @@ def parse_envelope(raw: object, default_root_url: str | None = None) -> TaskEven
     if run_id is not None and run_id >= len(runs):
         return _reject(raw, f"payload.runId: run {run_id} is not in payload.status.runs ({len(runs)} runs)")
     if run_id is not None:
-        for name in _RUN_TIMES.get(kind, ()):
+        for name in _RUN_TIMES.get(exchange.rpartition("/")[2], ()):
             if name not in runs[run_id]:
                 return _reject(raw, f"payload.status.runs[{run_id}]: a task-{kind.value} message's run needs "
                                     f"{name!r}, and it is missing")
@@ -81,11 +82,14 @@ def _sound_kind(raw: object) -> EventKind | None:
     if type(raw) is not dict:
         return None
     exchange = raw.get("exchange")
-    kind = _KINDS.get(exchange.rpartition("/")[2]) if type(exchange) is str else None
+    if type(exchange) is not str:
+        return None
+    name = exchange.rpartition("/")[2]
+    kind = _KINDS.get(name)
     if kind is None:
         return None
     try:
-        return kind if envelope_fast_check(kind).is_valid(raw) else None
+        return kind if envelope_fast_check(name).is_valid(raw) else None
     except ValueError:  # a value jsonschema-rs cannot read: the reference checks judge it
         return None
 

@@ -118,13 +118,15 @@ def event_check(kind: str) -> SchemaCheck:
 
 
 @cache
-def envelope_fast_check(kind: str) -> Any:  # kind: an EventKind or its value (a StrEnum hashes as its value)
-    """The fast validator alone for an envelope and its ``task-<kind>`` body in one call.
+def envelope_fast_check(exchange_name: str) -> Any:
+    """The fast validator alone for an envelope and its body, by exchange name (``task-pending``), in one call.
 
     Only "valid" is taken from it (a subset of what the two reference checks accept); anything else goes
     through ``envelope_check`` and ``event_check``, which write the reason.
     """
-    return jsonschema_rs.validator_for(envelope_with_body_schema(kind), validate_formats=False)
+    return jsonschema_rs.validator_for(
+        envelope_with_body_schema(exchange_name.removeprefix("task-")), validate_formats=False
+    )
 
 
 def text_errors(value: Any, where: str = "") -> str | None:
