@@ -36,8 +36,11 @@ def select_route(routes: Sequence[str], rules: Rules) -> TreeherderRoute:
     """The one route the task reports to Treeherder by; raise RouteProblem when there is not exactly one."""
     prefixes = rules.route_prefixes
     starts = rules.route_starts  # "<prefix>." for each prefix: one C-level startswith per route
+    matching = []
     try:
-        matching = [route for route in routes if route.startswith(starts) or route in prefixes]
+        for route in routes:  # a plain loop: a comprehension costs a function call of its own before Python 3.12
+            if route.startswith(starts) or route in prefixes:
+                matching.append(route)
     except AttributeError:
         index, value = next((i, r) for i, r in enumerate(routes) if type(r) is not str)
         raise RouteProblem(
