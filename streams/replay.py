@@ -212,9 +212,13 @@ class JobWriter:
 
 
 def _consumer(settings: Settings) -> AIOKafkaConsumer:
+    # retry_backoff_ms: the first offsets request for a topic the client has no metadata for yet always
+    # fails once and waits this long before asking again; at the default 100 ms that was a tenth of a
+    # short replay.
     return AIOKafkaConsumer(**kafka_client_kwargs(settings), group_id=None, enable_auto_commit=False,
                             auto_offset_reset="earliest", client_id=f"{settings.app_id}-replay",
-                            max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
+                            max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024,
+                            retry_backoff_ms=10)
 
 
 async def _read(consumer: AIOKafkaConsumer, topic: str, ranges: Sequence[PartitionRange],
