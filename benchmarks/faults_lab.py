@@ -222,7 +222,7 @@ def catalogue(settings: Settings) -> dict[str, FaultSpec]:
                   "a clean stop acks everything it wrote: 0"),
         FaultSpec("worker-kill9", "SIGKILL worker-0, restart it 2 s later", kill9("worker"),
                   "events processed since the last offset commit are processed again: <= one commit interval "
-                  "(Faust commits every 2.8 s) plus the batch in hand (500 events)"),
+                  "(Faust commits every 2.8 s) plus the batches in hand (at most 4 x 500 events)"),
         FaultSpec("worker-sigterm", "SIGTERM worker-0, restart it 2 s later", sigterm("worker"),
                   "Faust commits acknowledged batches at shutdown: 0 unless a batch was cut short"),
         FaultSpec("sink-kill9", "SIGKILL the sink, restart it 2 s later", kill9("sink"),

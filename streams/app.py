@@ -1,9 +1,9 @@
 """The Faust application: topics, tables and the one agent, built from settings.
 
-The agent stays thin: it reads the task-events topic in batches, lets ``EventProcessor`` turn them into
-records, produces those and waits until Kafka has every one of them before the batch is acknowledged
-(Faust acknowledges a batch whatever happens inside the loop, so nothing in it may raise; see
-docs/architecture.md for the delivery guarantee).
+The agent stays thin: it hands the task-events stream to a ``BatchPipeline``, whose batches
+``EventProcessor`` turns into records; a batch is acknowledged only once Kafka has every one of them, and
+anything unexpected ends the process before more is acknowledged (see docs/architecture.md for the
+delivery guarantee).
 
 Tables are keyed so that they live on the partition of the event that writes them: a task's definition,
 its runs' artifact listings and its guard entries all sit on the task's partition, and a worker that owns
@@ -13,6 +13,7 @@ the partition owns the task's state.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import weakref
@@ -27,6 +28,7 @@ from aiokafka import ConsumerRecord
 from faust.streams import _current_event  # the only way to write a table for an event of a batch
 from faust.types import TP, EventT
 
+from streams.batch_pipeline import BatchPipeline
 from streams.core.rules import Rules
 from streams.gaps import OffsetWatch
 from streams.processor import EventProcessor, RetryPolicy, SourceEvent
@@ -45,8 +47,8 @@ log = logging.getLogger(__name__)
 ROCKSDB_OPTIONS = {"write_buffer_size": 4 << 20, "max_write_buffer_number": 2, "block_cache_size": 8 << 20,
                    "block_cache_compressed_size": 0}
 
-BATCH_SIZE = 500
-BATCH_WITHIN = 0.05  # seconds: the latency a lone event may wait for company
+BATCH_SIZE = 500  # the most events one batch takes; fewer when fewer are waiting
+IN_FLIGHT = 2  # batches prepared ahead of the one waiting for Kafka's confirmations
 
 
 @contextmanager
@@ -86,9 +88,13 @@ class BatchWrites:
     never-delivered jobs as "backwards". Later events of the batch read the entries from here.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, unreleased: dict[str, tuple[int, int]] | None = None, serial: int = 0) -> None:
         self.changelog: list[Outgoing] = []
         self._guard: dict[str, tuple[int, EventT]] = {}
+        # Shared by the batches in flight: key -> (rank, serial of the batch that set it), newest first, so a
+        # batch sees the entries of those prepared before it but not yet settled.
+        self._unreleased = unreleased if unreleased is not None else {}
+        self._serial = serial
 
     def save(self, table: faust.Table, event: EventT, key: bytes, value: bytes) -> None:
         with _acting_for(event):
@@ -102,17 +108,20 @@ class BatchWrites:
         return taken
 
     def guard_rank(self, key: str) -> int | None:
-        entry = self._guard.get(key)
+        entry = self._unreleased.get(key)
         return None if entry is None else entry[0]
 
     def put_guard_rank(self, key: str, rank: int, event: EventT) -> None:
         self._guard[key] = (rank, event)
+        self._unreleased[key] = (rank, self._serial)
 
     def release_guard(self, table: faust.Table, progress: faust.Table, last_events: Iterable[Any]) -> list[Outgoing]:
         """Apply the guard entries, and each partition's last processed offset, to the local store; the
         changelog records to send for them."""
         for key, (rank, event) in self._guard.items():
             self.save(table, event, key.encode(), str(rank).encode())
+            if self._unreleased.get(key, (None, None))[1] == self._serial:
+                del self._unreleased[key]  # no later batch has moved it on: the table has the newest rank
         self._guard.clear()
         for event in last_events:
             self.save(progress, event, _progress_key(event.message.partition), str(event.message.offset).encode())
@@ -229,29 +238,48 @@ def create_worker(settings: Settings, *, client: QueueClient | None = None,
     async def forget_assigned(app: faust.App, assigned: set[TP], **kwargs: Any) -> None:
         watch.forget(tp.partition for tp in assigned if tp.topic == watch.topic)
 
+    unreleased: dict[str, tuple[int, int]] = {}  # guard entries of batches not yet settled (BatchWrites)
+    serials = itertools.count()
+
+    async def prepare(batch: list[EventT]) -> Flight:
+        """Process a batch and hand its output and table changes to the producer."""
+        writes = BatchWrites(unreleased, next(serials))
+        # Records Faust skipped come first: they precede the batch in their partitions.
+        first = {}
+        for event in batch:
+            first.setdefault(event.message.partition, event)
+        skipped = await watch.fetch(await watch.find_gaps(
+            [(event.message.partition, event.message.offset) for event in batch],
+            processed=lambda partition: _processed_upto(tables.progress, first[partition])))
+        sources = [_source_event(tables, writes, _FetchedEvent(record), record.key, record.value)
+                   for record in skipped]
+        sources += [_source_event(tables, writes, event, event.key, event.value) for event in batch]
+        produced = await processor().process_batch(sources)
+        records = [Outgoing(outputs[record.topic], record.key, record.value) for record in produced]
+        records += writes.take_changelog()
+        return Flight(records, await _send(app, records), writes)
+
     @app.agent(events_topic, name="task-events-to-jobs", concurrency=1)
     async def task_events_to_jobs(stream: faust.StreamT) -> None:
-        async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN):
-            writes = BatchWrites()
-            try:
-                # Records Faust skipped come first: they precede the batch in their partitions.
-                first = {}
-                for event in batch:
-                    first.setdefault(event.message.partition, event)
-                skipped = await watch.fetch(await watch.find_gaps(
-                    [(event.message.partition, event.message.offset) for event in batch],
-                    processed=lambda partition, first=first: _processed_upto(tables.progress, first[partition])))
-                sources = [_source_event(tables, writes, _FetchedEvent(record), record.key, record.value)
-                           for record in skipped]
-                sources += [_source_event(tables, writes, event, event.key, event.value) for event in batch]
-                produced = await processor().process_batch(sources)
-                await _deliver(app, [Outgoing(outputs[record.topic], record.key, record.value)
-                                     for record in produced] + writes.take_changelog())
-                # Only now, with the jobs they vouch for in Kafka, the guard entries and the progress marks:
-                last = {event.message.partition: event for event in batch}
-                await _deliver(app, writes.release_guard(tables.emitted, tables.progress, last.values()))
-            except BaseException as error:  # nothing is swallowed: the process exits
-                _exit_unacknowledged(error)
+        # Events are acknowledged by ``settle`` alone, once their output is confirmed; Faust's stream keeps
+        # handing events over meanwhile, so the next batch is ready when the pipeline is.
+        events = stream.noack()
+
+        async def settle(batch: list[EventT], flight: Flight) -> None:
+            """Once Kafka has the batch's output: its guard entries and progress marks, then the acknowledgements."""
+            await _confirmed(flight)
+            last = {event.message.partition: event for event in batch}
+            await _deliver(app, flight.writes.release_guard(tables.emitted, tables.progress, last.values()))
+            for event in batch:
+                await events.ack(event)
+
+        pipeline = BatchPipeline(prepare, settle, _exit_unacknowledged, batch_size=BATCH_SIZE, in_flight=IN_FLIGHT)
+        pipeline.start()
+        try:
+            async for event in events.events():
+                await pipeline.put(event)
+        finally:
+            await pipeline.close()
 
     return worker
 
@@ -312,6 +340,45 @@ def _raw_table(app: faust.App, name: str, partitions: int) -> faust.Table:
     return table
 
 
+class Flight(NamedTuple):
+    """A batch's output handed to the producer, with the table changes to make once Kafka has it."""
+
+    records: list[Outgoing]
+    futures: list[asyncio.Future[Any]]
+    writes: BatchWrites
+
+
+async def _send(app: faust.App, records: list[Outgoing]) -> list[asyncio.Future[Any]]:
+    return [await app.producer.send(record.topic, record.key, record.value, record.partition, None, None)
+            for record in records]
+
+
+async def _confirmed(flight: Flight) -> None:
+    """Wait until Kafka has every record of ``flight``, and move the tables' checkpoints to their changelogs.
+
+    A record Kafka refused is not retried here: batches after this one are already with the producer, and a
+    late retry would put a task's jobs out of order. The worker exits instead and the batch is read again.
+    """
+    results = await asyncio.gather(*flight.futures, return_exceptions=True)
+    errors = [result for result in results if isinstance(result, BaseException)]
+    if errors:
+        raise RuntimeError(f"Kafka refused {len(errors)} of {len(results)} records of a batch: "
+                           f"{sorted({type(error).__name__ for error in errors})}") from errors[0]
+    _move_checkpoints(flight.records, results)
+
+
+def _move_checkpoints(records: Sequence[Outgoing], results: Sequence[Any]) -> None:
+    """Changelog records move their table's checkpoint, as Faust's own table writes do, so a restart recovers
+    only what is newer."""
+    checkpoints: dict[tuple[faust.Table, TP], int] = {}
+    for record, result in zip(records, results, strict=True):
+        if record.table is not None and not isinstance(result, BaseException):
+            tp = TP(result.topic, result.partition)
+            checkpoints[(record.table, tp)] = max(result.offset, checkpoints.get((record.table, tp), -1))
+    for (table, tp), offset in checkpoints.items():
+        table.data.set_persisted_offset(tp, offset)
+
+
 async def _deliver(app: faust.App, records: list[Outgoing]) -> None:
     """Produce ``records`` and wait until Kafka has each one; retry what failed until it lands.
 
@@ -323,19 +390,9 @@ async def _deliver(app: faust.App, records: list[Outgoing]) -> None:
     pending = records
     delay = 0.5
     while pending:
-        futures = [await app.producer.send(record.topic, record.key, record.value, record.partition, None, None)
-                   for record in pending]
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        failed = []
-        checkpoints: dict[tuple[faust.Table, TP], int] = {}
-        for record, result in zip(pending, results, strict=True):
-            if isinstance(result, BaseException):
-                failed.append(record)
-            elif record.table is not None:
-                tp = TP(result.topic, result.partition)
-                checkpoints[(record.table, tp)] = max(result.offset, checkpoints.get((record.table, tp), -1))
-        for (table, tp), offset in checkpoints.items():
-            table.data.set_persisted_offset(tp, offset)
+        results = await asyncio.gather(*await _send(app, pending), return_exceptions=True)
+        _move_checkpoints(pending, results)
+        failed = [record for record, result in zip(pending, results, strict=True) if isinstance(result, BaseException)]
         if not failed:
             return
         errors = {type(result).__name__ for result in results if isinstance(result, BaseException)}

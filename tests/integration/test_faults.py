@@ -11,13 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks.faults_lab import FaultSpec, Lab, catalogue, queue_api, run_scenario
+from streams.app import BATCH_SIZE, IN_FLIGHT
 from tc_treeherder.settings import load_settings
 from tc_treeherder.stack.shared import Brokers
 
 # Small windows make the duplicate bound tight enough to catch a replay of the whole stream.
 PREFETCH = 200
 SINK_WINDOW = 200
-WORKER_BATCH = 500  # streams.app.BATCH_SIZE
 
 
 async def test_kills_of_each_process_and_queue_api_errors_lose_no_job(brokers: Brokers, tmp_path: Path):
@@ -38,8 +38,9 @@ async def test_kills_of_each_process_and_queue_api_errors_lose_no_job(brokers: B
     assert v.unexpected == 0, "no job for a run the oracle expects none from"
     # Each kill replays one bounded window, never the stream: the source at most its prefetch, the sink its
     # in-flight window plus what it confirmed in the last commit interval, the worker what it processed
-    # since Faust's last commit plus the batch in hand. The sum stays far below the expected jobs.
-    bound = PREFETCH + 2 * SINK_WINDOW + 2 * WORKER_BATCH
+    # since Faust's last commit plus the batches in hand (one settling, IN_FLIGHT prepared, one being
+    # prepared). The sum stays below the expected jobs, so a replay of the whole stream would fail.
+    bound = PREFETCH + 2 * SINK_WINDOW + (IN_FLIGHT + 2) * BATCH_SIZE
     assert v.duplicates <= bound, f"{v.duplicates} duplicates exceed {bound}; {result.notes}"
     assert result.exited == {}, f"processes ended on their own: {result.exited}"
     assert v.expected_jobs > 3000
