@@ -167,6 +167,8 @@ class JobWriter:
     costs one append to its partition's batch. Partitions come from the same murmur2 hash of the key as the
     producer's default partitioner (so a task's jobs land where ``send`` would put them), memoised per key.
     Batches of one partition are submitted in the order they were filled, so a task's jobs keep their order.
+    The replay confirms a chunk's batches only after it has built the next chunk, so Kafka writes one while
+    the replay works on the other; a refusal still stops the replay, one chunk later.
     """
 
     def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
@@ -176,6 +178,7 @@ class JobWriter:
         self._partition_of: dict[bytes, int] = {}
         self._open: dict[int, Any] = {}  # partition -> BatchBuilder being filled
         self._full: list[tuple[int, Any]] = []  # (partition, BatchBuilder) in the order they filled up
+        self._unconfirmed: list[asyncio.Future[Any]] = []  # delivery of the batches submitted
 
     async def start(self) -> None:
         self._partitions = sorted(await self.producer.partitions_for(self.topic))
@@ -195,15 +198,18 @@ class JobWriter:
         if batch.append(key=key, value=value, timestamp=None) is None:
             raise ValueError(f"a job record of {len(value)} bytes does not fit in a record batch")
 
-    async def flush(self) -> None:
-        """Submit every batch filled so far and wait until Kafka has them all (raises when it refuses)."""
+    async def submit(self) -> None:
+        """Hand every batch filled so far to the producer; ``confirm`` waits for Kafka to have them."""
         self._full.extend(self._open.items())
         self._open.clear()
-        futures = []
         for partition, batch in self._full:
             batch.close()  # complete: no need to linger for more records
-            futures.append(await self.producer.send_batch(batch, self.topic, partition=partition))
+            self._unconfirmed.append(await self.producer.send_batch(batch, self.topic, partition=partition))
         self._full.clear()
+
+    async def confirm(self) -> None:
+        """Wait until Kafka has every batch submitted so far (raises when it refuses one)."""
+        futures, self._unconfirmed = self._unconfirmed, []
         if futures:
             await asyncio.gather(*futures)
 
@@ -402,6 +408,8 @@ class Replay:
                 bar.update(done)
 
             await _read(consumer, self.source_topic, ranges, rerun)
+            if writer is not None:
+                await writer.confirm()  # the last chunk's jobs
             bar.update(done, final=True)
             self.report.seconds = time.monotonic() - started
             self.report.suppressed = self.guard.suppressed
@@ -485,7 +493,8 @@ class Replay:
                     if writer is not None:
                         writer.add(key, value)
         if writer is not None:
-            await writer.flush()  # raises when Kafka refuses: the replay stops, saying so
+            await writer.confirm()  # the previous chunk's jobs; raises when Kafka refused: the replay stops
+            await writer.submit()
 
     async def _task_outcomes(self, group: list[_Input], lookup: ReplayLookup) -> list[Outcome]:
         outcomes = []

@@ -49,11 +49,13 @@ async def test_each_keys_records_go_to_the_partition_send_picks_in_the_order_wri
         sent = {key: (await producer.send_and_wait(topic, b'{"seq": -1}', key=key)).partition for key in keys}
         writer = JobWriter(producer, topic)
         await writer.start()
-        for round_ in range(2):  # two flushes, as two chunks of a replay
+        for round_ in range(2):  # two chunks, as the replay does them: confirm the previous, submit this one
             for seq in range(round_ * 40, round_ * 40 + 40):
                 for key in keys:
                     writer.add(key, orjson.dumps({"seq": seq, "pad": "x" * 200}))
-            await writer.flush()
+            await writer.confirm()
+            await writer.submit()
+        await writer.confirm()
     finally:
         await producer.stop()
 
