@@ -13,7 +13,6 @@ from typing import Any
 
 from streams.core import legacy_job, pulse_job
 from streams.core.facts import JobFacts
-from streams.core.validation import job_errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +24,7 @@ class Profile:
 
 PROFILES: Mapping[str, Profile] = MappingProxyType(
     {
-        "treeherder": Profile("treeherder", pulse_job.build_job, job_errors),
+        "treeherder": Profile("treeherder", pulse_job.build_job, pulse_job.built_job_errors),
         "legacy": Profile("legacy", legacy_job.build_legacy_job, legacy_job.legacy_job_errors),
     }
 )

@@ -3,18 +3,35 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import slugid
 
 from streams.core.facts import JobFacts
 from streams.core.model import EventKind
+from streams.core.schemas import load_schema
+from streams.core.validation import SchemaCheck
 
 JOB_NAME_LIMIT = 139
 RESULTS = {"completed": "success", "failed": "fail"}
 EXCEPTION_RESULTS = frozenset({"canceled", "superseded"})
 _RESOLVED = (EventKind.COMPLETED, EventKind.FAILED, EventKind.EXCEPTION)
+
+# The fields of pulse-job.json that build_job fills only with constants, with values it maps onto the schema's
+# enums, with parts of the validated event (TaskEvent comes from parse_envelope alone), with task fields
+# _task_shape has typed, or with extra.treeherder fields whose schema in task-treeherder-config.json is as strict
+# as pulse-job's (tests/unit/core/test_built_jobs.py holds both schemas to that). The fast check of a built job
+# skips them; every other field, and the keys allowed and required, are still checked. Property tests hold
+# every job the core sends out to the full schema.
+GUARANTEED: dict[str, tuple[str, ...]] = {
+    "": (
+        "buildSystem", "version", "isRetried", "retryId", "taskId", "state", "result", "tier", "jobKind", "reason",
+        "productName", "timeScheduled", "timeStarted", "timeCompleted",
+    ),
+    "display": ("jobSymbol", "groupSymbol", "groupName"),
+    "buildMachine": ("name", "os", "architecture"),
+}
 
 
 def job_state(kind: EventKind, run: Any) -> str:
@@ -115,3 +132,32 @@ def worker_type(task: Any) -> str:
     if isinstance(value, str) and value:
         return value
     return str(task.get("taskQueueId", "")).partition("/")[2]
+
+
+def trusting_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` (pulse-job.json) with the GUARANTEED fields' subschemas replaced by ``{}`` (anything)."""
+    properties = dict(schema["properties"])
+    for parent, names in GUARANTEED.items():
+        if parent:
+            sub = properties[parent]
+            if "$ref" in sub:  # buildMachine: a copy of the shared definition, so runMachine keeps the original
+                sub = schema["definitions"][sub["$ref"].rpartition("/")[2]]
+            properties[parent] = {**sub, "properties": {**sub["properties"], **{name: {} for name in names}}}
+        else:
+            properties.update({name: {} for name in names})
+    return {**schema, "properties": properties}
+
+
+@cache
+def _built_check() -> SchemaCheck:
+    schema = load_schema("pulse-job")
+    return SchemaCheck(schema, fast_schema=trusting_schema(schema))
+
+
+def built_job_errors(job: Any) -> str | None:
+    """Why a job that build_job made is not valid pulse-job, or None; python-jsonschema writes every reason.
+
+    Only for build_job's own output: the fast check takes the GUARANTEED fields on trust. Any other job goes
+    through ``validation.job_errors``.
+    """
+    return _built_check().errors(job)
