@@ -20,6 +20,8 @@ from streams.core.validation import config_errors, text_errors
 
 _RESOLVED = (EventKind.COMPLETED, EventKind.FAILED, EventKind.EXCEPTION)
 _RESOLVED_STATES = frozenset({"completed", "failed", "exception"})
+# A NamedTuple's own __new__ is a Python function; building one per event from a tuple skips that call.
+_new_tuple = tuple.__new__
 
 
 class _Cleared(NamedTuple):
@@ -72,23 +74,14 @@ def transform(
     except BadListing as problem:
         return Rejected(task_id, f"artifact listing of run {run_id}: {problem}", Stage.JOB)
     prefix = route.prefix
-    facts = JobFacts(
-        event,
-        task,
-        route,
-        rules.destination(prefix),
-        config,
-        run_id,
-        run,
-        links,
-        listing.reason if listing is not None and isinstance(listing, ListingFailed) else None,
-    )
+    failure = listing.reason if listing is not None and isinstance(listing, ListingFailed) else None
+    destination = rules.destination(prefix)
+    facts = _new_tuple(JobFacts, (event, task, route, destination, config, run_id, run, links, failure))
     profile = PROFILES[rules.profile(prefix)]
     job = profile.build(facts)
     problem = profile.errors(job) or text_errors(job)
     if problem is not None:
         return Rejected(task_id, f"job message is not valid {profile.name} format: {problem}", Stage.JOB)
-    destination = facts.destination
     project = route.project
     return Jobs((JobMessage(destination, project, f"{destination}.{project}._", job),))
 
@@ -127,7 +120,7 @@ def _check(event: TaskEvent, task: Mapping[str, Any], rules: Rules) -> _Cleared 
 
     kind = event.kind
     if kind is EventKind.DEFINED:
-        return _Cleared(route, config, None)  # a task-defined job is built without a run
+        return _new_tuple(_Cleared, (route, config, None))  # a task-defined job is built without a run
     run = event.run
     if run is None:
         return Ignored(task_id, f"task-{kind.value} names no run of the task: nothing to report", Stage.JOB)
@@ -137,7 +130,7 @@ def _check(event: TaskEvent, task: Mapping[str, Any], rules: Rules) -> _Cleared 
             f"run {event.run_id} was created as an exception (e.g. deadline exceeded before it ran): no job",
             Stage.JOB,
         )
-    return _Cleared(route, config, run)
+    return _new_tuple(_Cleared, (route, config, run))
 
 
 _NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
