@@ -71,4 +71,4 @@ def parse_route(route: str) -> TreeherderRoute:
         if not rest[0].isascii() or not rest[0].isdigit():
             raise RouteProblem(f"route {route!r}: push id {rest[0]!r} is not a non-negative integer")
         push_id = int(rest[0])
-    return TreeherderRoute(route=route, prefix=prefix, project=name, revision=revision, push_id=push_id)
+    return tuple.__new__(TreeherderRoute, (route, prefix, name, revision, push_id))  # NamedTuple's __new__ is Python
