@@ -33,6 +33,7 @@ from streams.core.rules import Rules
 from streams.gaps import OffsetWatch
 from streams.processor import EventProcessor, RetryPolicy, SourceEvent
 from streams.queue_api import QueueClient
+from streams.state_guard import GuardEntry
 from streams.topics import TABLES
 from tc_treeherder.kafka_config import faust_broker_credentials
 from tc_treeherder.settings import Settings
@@ -88,10 +89,10 @@ class BatchWrites:
     never-delivered jobs as "backwards". Later events of the batch read the entries from here.
     """
 
-    def __init__(self, unreleased: dict[str, tuple[int, int]] | None = None, serial: int = 0) -> None:
+    def __init__(self, unreleased: dict[str, tuple[GuardEntry, int]] | None = None, serial: int = 0) -> None:
         self.changelog: list[Outgoing] = []
-        self._guard: dict[str, tuple[int, EventT]] = {}
-        # Shared by the batches in flight: key -> (rank, serial of the batch that set it), newest first, so a
+        self._guard: dict[str, tuple[GuardEntry, EventT]] = {}
+        # Shared by the batches in flight: key -> (entry, serial of the batch that set it), newest first, so a
         # batch sees the entries of those prepared before it but not yet settled.
         self._unreleased = unreleased if unreleased is not None else {}
         self._serial = serial
@@ -107,21 +108,21 @@ class BatchWrites:
         taken, self.changelog = self.changelog, []
         return taken
 
-    def guard_rank(self, key: str) -> int | None:
-        entry = self._unreleased.get(key)
-        return None if entry is None else entry[0]
+    def guard_entry(self, key: str) -> GuardEntry | None:
+        unreleased = self._unreleased.get(key)
+        return None if unreleased is None else unreleased[0]
 
-    def put_guard_rank(self, key: str, rank: int, event: EventT) -> None:
-        self._guard[key] = (rank, event)
-        self._unreleased[key] = (rank, self._serial)
+    def put_guard_entry(self, key: str, entry: GuardEntry, event: EventT) -> None:
+        self._guard[key] = (entry, event)
+        self._unreleased[key] = (entry, self._serial)
 
     def release_guard(self, table: faust.Table, progress: faust.Table, last_events: Iterable[Any]) -> list[Outgoing]:
         """Apply the guard entries, and each partition's last processed offset, to the local store; the
         changelog records to send for them."""
-        for key, (rank, event) in self._guard.items():
-            self.save(table, event, key.encode(), str(rank).encode())
+        for key, (entry, event) in self._guard.items():
+            self.save(table, event, key.encode(), entry.encode())
             if self._unreleased.get(key, (None, None))[1] == self._serial:
-                del self._unreleased[key]  # no later batch has moved it on: the table has the newest rank
+                del self._unreleased[key]  # no later batch has moved it on: the table has the newest entry
         self._guard.clear()
         for event in last_events:
             self.save(progress, event, _progress_key(event.message.partition), str(event.message.offset).encode())
@@ -148,15 +149,15 @@ class TableState:
     def store_artifacts(self, task_id: str, run_id: int, artifacts: Sequence[Mapping[str, Any]]) -> None:
         self._save(self._tables.artifacts, f"{task_id}/{run_id}", orjson.dumps(list(artifacts)))
 
-    def emitted_rank(self, key: str) -> int | None:
-        pending = self._writes.guard_rank(key)
+    def emitted(self, key: str) -> GuardEntry | None:
+        pending = self._writes.guard_entry(key)
         if pending is not None:
             return pending
         raw = self._raw(self._tables.emitted, key)
-        return None if raw is None else int(raw)
+        return None if raw is None else GuardEntry.decode(raw)
 
-    def store_emitted_rank(self, key: str, rank: int) -> None:
-        self._writes.put_guard_rank(key, rank, self._event)
+    def store_emitted(self, key: str, entry: GuardEntry) -> None:
+        self._writes.put_guard_entry(key, entry, self._event)
 
     def _raw(self, table: faust.Table, key: str) -> bytes | None:
         with _acting_for(self._event):
@@ -174,7 +175,7 @@ class TableState:
 class WorkerTables:
     definitions: faust.Table  # taskId -> task definition, as the Queue API returned it
     artifacts: faust.Table  # taskId/runId -> artifact listing of a resolved run, all pages
-    emitted: faust.Table  # destination/taskId/runId -> furthest job state emitted (state guard)
+    emitted: faust.Table  # destination/taskId/runId -> GuardEntry: states emitted, furthest offset (state guard)
     progress: faust.Table  # partition number -> last offset whose output is in Kafka (see streams/gaps.py)
 
 
@@ -238,7 +239,7 @@ def create_worker(settings: Settings, *, client: QueueClient | None = None,
     async def forget_assigned(app: faust.App, assigned: set[TP], **kwargs: Any) -> None:
         watch.forget(tp.partition for tp in assigned if tp.topic == watch.topic)
 
-    unreleased: dict[str, tuple[int, int]] = {}  # guard entries of batches not yet settled (BatchWrites)
+    unreleased: dict[str, tuple[GuardEntry, int]] = {}  # guard entries of batches not yet settled (BatchWrites)
     serials = itertools.count()
 
     async def prepare(batch: list[EventT]) -> Flight:

@@ -36,8 +36,8 @@ class WorkerState(Protocol):
     def store_definition(self, task_id: str, definition: Mapping[str, Any]) -> None: ...
     def artifacts(self, task_id: str, run_id: int) -> Sequence[Mapping[str, Any]] | None: ...
     def store_artifacts(self, task_id: str, run_id: int, artifacts: Sequence[Mapping[str, Any]]) -> None: ...
-    def emitted_rank(self, key: str) -> int | None: ...
-    def store_emitted_rank(self, key: str, rank: int) -> None: ...
+    def emitted(self, key: str) -> state_guard.GuardEntry | None: ...
+    def store_emitted(self, key: str, entry: state_guard.GuardEntry) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +69,7 @@ class Counts:
     ignored: Counter[str] = field(default_factory=Counter)  # per reason
     rejected: Counter[str] = field(default_factory=Counter)  # per reason
     suppressed: int = 0  # job messages held back by the state guard
+    recovered: int = 0  # jobs for a state below the run's furthest, which an earlier pass missed (state_guard)
     rejected_by_stage: Counter[tuple[str, str]] = field(default_factory=Counter)  # (stage, reason class)
     ignored_by_stage: Counter[tuple[str, str]] = field(default_factory=Counter)  # (stage, reason class)
     queue_fetches: int = 0  # definitions and listings fetched (cache misses)
@@ -186,13 +187,18 @@ class EventProcessor:
         output = []
         for message in outcome.messages:
             key = state_guard.guard_key(message.destination, message.job)
-            previous = event.state.emitted_rank(key)
-            if state_guard.moves_backwards(previous, message.job):
+            previous = event.state.emitted(key)
+            admitted = state_guard.admit(previous, message.job, event.offset)
+            if admitted is None:
                 self.counts.suppressed += 1
                 continue
-            rank = state_guard.rank(message.job)
-            if previous is None or rank > previous:
-                event.state.store_emitted_rank(key, rank)
+            if state_guard.recovered(previous, admitted, message.job):
+                self.counts.recovered += 1
+                log.warning("%s: emitting %s after %s was emitted: offset %d of partition %d was missed by an "
+                            "earlier pass", key, message.job["state"], _STATES[admitted.rank], event.offset,
+                            event.partition)
+            if admitted != previous:
+                event.state.store_emitted(key, admitted)
             self.counts.jobs[message.destination] += 1
             self.counts.states[f"{message.job['state']}/{message.job.get('result', 'unknown')}"] += 1
             value = records.encode_job_record(message, partition=event.partition, offset=event.offset)
@@ -213,6 +219,9 @@ class EventProcessor:
         except TypeError:  # an envelope nested deeper than orjson writes (it reads deeper): keep it as text
             value = records.encode_rejected_record(**fields, envelope=event.value.decode("utf-8", "replace"))
         return OutputRecord("rejected", event.key or b"", value)
+
+
+_STATES = {rank: state for state, rank in state_guard.STATE_RANK.items()}
 
 
 def _task_id(event: SourceEvent) -> str | None:

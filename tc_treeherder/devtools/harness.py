@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import os
 import signal
 import subprocess
@@ -322,6 +321,9 @@ class Verdict:
     wrong_final: int  # runs whose last message is not the oracle's final state and result
     backward_steps: int  # runs whose messages, in arrival order, show a state below one already received
     unexpected: int  # messages for runs the oracle expects no job from
+    # Of the backward runs, those where every step back brought a state for the first time: a job an earlier
+    # pass missed, let out by the state guard when the log was read again (streams/state_guard.py).
+    late_jobs: int = 0
     examples: tuple[str, ...] = ()  # a few runs that were lost or ended wrong, for the log
 
     @property
@@ -339,7 +341,7 @@ def run_key(run: Any) -> str:
 def verdict(observer: JobObserver, expected: Iterable[Any]) -> Verdict:
     """Count lost, duplicated, wrongly final and backward-stepping jobs against the oracle."""
     seen: dict[str, int] = Counter(job_id for job_id, _, _ in observer.per_message)
-    wanted = lost = wrong = backward = distinct = 0
+    wanted = lost = wrong = backward = late = distinct = 0
     keys: set[str] = set()
     examples: list[str] = []
     for run in expected:
@@ -354,15 +356,18 @@ def verdict(observer: JobObserver, expected: Iterable[Any]) -> Verdict:
         if observer.last_state.get(key) != (run.state, run.result):
             wrong += 1
         ranks = [STATE_RANK.get(state, -1) for state in observer.history.get(key, [])]
-        if any(later < earlier for earlier, later in itertools.pairwise(ranks)):
+        steps_back = [index for index in range(1, len(ranks)) if ranks[index] < max(ranks[:index])]
+        if steps_back:
             backward += 1
-        if (missing or observer.last_state.get(key) != (run.state, run.result)) and len(examples) < 5:
+            if all(ranks[index] not in ranks[:index] for index in steps_back):
+                late += 1
+        if (missing or steps_back or observer.last_state.get(key) != (run.state, run.result)) and len(examples) < 5:
             examples.append(f"{key}: expected {run.jobs} jobs ending {run.state}/{run.result}, "
                             f"got {observer.history.get(key, [])}")
     unexpected = sum(count for (job_id, _, _), count in observer.per_message.items() if job_id not in keys)
     return Verdict(expected_jobs=wanted, received=observer.received, distinct=distinct, lost=lost,
                    duplicates=observer.received - distinct - unexpected, wrong_final=wrong,
-                   backward_steps=backward, unexpected=unexpected, examples=tuple(examples))
+                   backward_steps=backward, late_jobs=late, unexpected=unexpected, examples=tuple(examples))
 
 
 async def wait_settled(observer: JobObserver, expected: list[Any], *, idle: float, limit: float,

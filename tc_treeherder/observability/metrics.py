@@ -14,6 +14,7 @@ jobs_by_state_total{state,result}                  job messages produced, per st
 rejected_total{stage,reason}                       events rejected (reason = the text before ':')
 ignored_total{stage,reason}                        events not meant for Treeherder
 state_guard_suppressed_total                       job messages held back by the state guard
+state_guard_recovered_total                        jobs an earlier pass missed, let out late (state_guard.py)
 queue_api_calls_total{call}                        task() and listArtifacts() calls
 queue_api_requests_total / _retries_total          HTTP requests (pages, retries) / retries
 queue_api_errors_total{kind}                       not_found, refused, transient, unavailable
@@ -90,6 +91,8 @@ class WorkerCollector(Collector):
                            ["stage", "reason"])
         suppressed = _counter("state_guard_suppressed", "Job messages the state guard held back (would go "
                               "backwards).")
+        recovered = _counter("state_guard_recovered", "Jobs below their run's furthest state that an earlier pass "
+                             "missed, let out when the log was read again.")
         fetches = _counter("queue_fetches", "Definitions and listings fetched from the Queue API (table misses).")
         if counts is not None:
             for destination, n in sorted(counts.jobs.items()):
@@ -102,11 +105,13 @@ class WorkerCollector(Collector):
             for key, n in sorted(counts.ignored_by_stage.items()):
                 ignored.add_metric(list(split_reason_key(key)), n)
             suppressed.add_metric([], counts.suppressed)
+            recovered.add_metric([], counts.recovered)
             fetches.add_metric([], counts.queue_fetches)
         else:
             suppressed.add_metric([], 0)
+            recovered.add_metric([], 0)
             fetches.add_metric([], 0)
-        yield from (jobs, by_state, rejected, ignored, suppressed, fetches)
+        yield from (jobs, by_state, rejected, ignored, suppressed, recovered, fetches)
         yield from queue_metrics(getattr(getattr(processor, "client", None), "stats", None))
 
 

@@ -3,7 +3,8 @@
 Two workers share six partitions (RocksDB tables, so a task whose events and table entries landed on
 different partitions would miss its cached definition and state-guard entry); a third worker joins while the
 workload flows, then one of the first two is stopped with SIGTERM. Every expected job must reach the jobs
-exchange, every run must end in its final state, and no run's messages may step back in state.
+exchange, every run must end in its final state, and no run's messages may step back to a state it already
+had (a job that an earlier pass missed may arrive after its run's later states; see streams/state_guard.py).
 """
 
 from __future__ import annotations
@@ -146,13 +147,11 @@ async def test_adding_and_removing_workers_mid_stream_loses_and_reorders_nothing
         await observer.close()
 
     assert joined_at < left_at < wanted, "the join and the leave both happened while jobs were flowing"
-    assert result.backward_steps == 0, "a run's messages went back in state on the exchange"
     assert result.unexpected == 0
     assert pipeline.processes["worker-0"].process.returncode == 0, pipeline.log_tail("worker-0")
+    assert result.lost == 0, f"{result.lost} of {result.expected_jobs} jobs lost: {result.examples}"
     assert result.wrong_final == 0, f"{result.wrong_final} runs not in their final state: {result.examples[:2]}"
-    # Faust's consumer can skip records around a rebalance; the worker reads them back (streams/gaps.py), which
-    # took the losses from 2-103 jobs per run to none in most runs. A rare single lost job remains under the
-    # load of the full suite (docs/reliability.md): reported with its figures, not hidden, and not green.
-    if result.lost:
-        pytest.xfail(f"{result.lost} of {result.expected_jobs} jobs lost across the rebalances: "
-                     f"{result.examples[:2]}")
+    # Faust's consumer can skip a record around a rebalance and a later owner read it again; the state guard
+    # then lets its job out after the run's later states (streams/state_guard.py) rather than lose it. Such a
+    # late job is the only step back allowed: never a state the exchange had already seen.
+    assert result.backward_steps == result.late_jobs, f"a run went back to a state it had: {result.examples}"

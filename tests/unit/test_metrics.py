@@ -38,7 +38,7 @@ def worker_processor() -> SimpleNamespace:
     counts = Counts(events=12, jobs=Counter({"tc-treeherder": 7}), states=Counter({"completed/success": 4,
                                                                                     "running/unknown": 3}),
                     ignored=Counter({"task has no extra.treeherder section": 2}),
-                    rejected=Counter({"extra.treeherder.tier": 3}), suppressed=1, queue_fetches=9,
+                    rejected=Counter({"extra.treeherder.tier": 3}), suppressed=1, recovered=2, queue_fetches=9,
                     rejected_by_stage=Counter({("config", "extra.treeherder.tier"): 3}),
                     ignored_by_stage=Counter({("config", "task has no extra.treeherder section"): 2}))
     stats = QueueStats(calls=Counter({"task": 5, "listArtifacts": 2}), requests=8, retries=1,
@@ -56,6 +56,7 @@ async def test_worker_counters_become_prometheus_samples() -> None:
     assert found[("tc_treeherder_ignored_total",
                   (("reason", "task has no extra.treeherder section"), ("stage", "config")))] == 2
     assert found[("tc_treeherder_state_guard_suppressed_total", ())] == 1
+    assert found[("tc_treeherder_state_guard_recovered_total", ())] == 2
     assert found[("tc_treeherder_queue_api_calls_total", (("call", "listArtifacts"),))] == 2
     assert found[("tc_treeherder_queue_api_errors_total", (("kind", "transient"),))] == 1
     assert found[("tc_treeherder_queue_api_request_seconds_count", ())] == 8

@@ -15,6 +15,7 @@ import pytest
 from streams.core.rules import Rules
 from streams.processor import EventProcessor, RetryPolicy, SourceEvent, WorkerStopping
 from streams.queue_api import QueueClient
+from streams.state_guard import GuardEntry
 from tc_treeherder.devtools.queue_standin import Fault, QueueStandIn
 from tests.unit.core.factories import TASK_ID, make_artifacts, make_envelope, make_event, make_task
 
@@ -25,7 +26,7 @@ class DictState:
     def __init__(self) -> None:
         self.definitions: dict[str, Any] = {}
         self.listings: dict[tuple[str, int], Any] = {}
-        self.ranks: dict[str, int] = {}
+        self.ranks: dict[str, GuardEntry] = {}
 
     def definition(self, task_id: str) -> Mapping[str, Any] | None:
         return self.definitions.get(task_id)
@@ -39,11 +40,11 @@ class DictState:
     def store_artifacts(self, task_id: str, run_id: int, artifacts: Sequence[Mapping[str, Any]]) -> None:
         self.listings[(task_id, run_id)] = artifacts
 
-    def emitted_rank(self, key: str) -> int | None:
+    def emitted(self, key: str) -> GuardEntry | None:
         return self.ranks.get(key)
 
-    def store_emitted_rank(self, key: str, rank: int) -> None:
-        self.ranks[key] = rank
+    def store_emitted(self, key: str, entry: GuardEntry) -> None:
+        self.ranks[key] = entry
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from streams import records
 from streams.core.rules import Rules
 from streams.processor import EventProcessor, RetryPolicy, SourceEvent
 from streams.queue_api import QueueClient
+from streams.state_guard import GuardEntry
 from tc_treeherder.devtools.queue_standin import QueueStandIn
 from tests.conftest import PROPERTY_CASES
 from tests.unit.core.factories import make_artifacts, make_envelope, make_event, make_task
@@ -56,12 +57,12 @@ class StoredState:
     def store_artifacts(self, task_id: str, run_id: int, artifacts: Sequence[Mapping[str, Any]]) -> None:
         self.tables[("artifacts", f"{task_id}/{run_id}")] = orjson.dumps(list(artifacts))
 
-    def emitted_rank(self, key: str) -> int | None:
+    def emitted(self, key: str) -> GuardEntry | None:
         raw = self.tables.get(("emitted", key))
-        return None if raw is None else int(raw)
+        return None if raw is None else GuardEntry.decode(raw)
 
-    def store_emitted_rank(self, key: str, rank: int) -> None:
-        self.tables[("emitted", key)] = str(rank).encode()
+    def store_emitted(self, key: str, entry: GuardEntry) -> None:
+        self.tables[("emitted", key)] = entry.encode()
 
 
 class ThreadedStandIn:
