@@ -56,6 +56,7 @@ from tc_treeherder.settings import Settings
 log = logging.getLogger(__name__)
 
 FETCH_RECORDS = 5000  # records per getmany
+KEEP_BYTES = 128 * 1024 * 1024  # a range whose values fit is read once and re-run from memory
 QUEUE_CONCURRENCY = 32  # Queue API requests in flight for tasks the worker never saw
 NOT_RERUN_STAGES = {"source": "the source could not make an envelope of the Pulse message",
                     "sink": "a sink could not read a job record"}
@@ -361,11 +362,20 @@ class Replay:
 
             task_ids: set[str] = set()
             partitions: set[int] = set()
+            kept: list[list[Any]] | None = []  # the range's records while they fit KEEP_BYTES: read only once
+            kept_bytes = 0
 
             def note(chunk: list[Any]) -> None:
+                nonlocal kept, kept_bytes
                 earliest = min(message.timestamp for message in chunk)
                 if self.first_event_ms is None or earliest < self.first_event_ms:
                     self.first_event_ms = earliest
+                if kept is not None:
+                    kept_bytes += sum(len(message.value or b"") for message in chunk)
+                    if kept_bytes <= KEEP_BYTES:
+                        kept.append(chunk)
+                    else:
+                        kept = None  # too big to hold: the re-run reads the range again
                 if not options.rejected_only:  # the key is the taskId: no need to decode the envelope
                     for message in chunk:
                         if message.key:
@@ -407,7 +417,13 @@ class Replay:
                 done += len(chunk)
                 bar.update(done)
 
-            await _read(consumer, self.source_topic, ranges, rerun)
+            if kept is None:
+                await _read(consumer, self.source_topic, ranges, rerun)
+            else:
+                for index in range(len(kept)):
+                    chunk, kept[index] = kept[index], []  # let each chunk go once it is done
+                    await rerun(chunk)
+                    del chunk
             if writer is not None:
                 await writer.confirm()  # the last chunk's jobs
             bar.update(done, final=True)
