@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import binascii
 from collections.abc import Mapping
 from functools import cache, lru_cache
 from typing import Any
-
-import slugid
 
 from streams.core.facts import JobFacts
 from streams.core.model import EventKind
@@ -64,8 +63,16 @@ def job_labels(config: Any) -> list[str]:
 
 @lru_cache(maxsize=16384)
 def task_uuid(task_id: str) -> str:
-    """The taskId as Treeherder's job guids spell it; cached since every run of a task sends several events."""
-    return str(slugid.decode(task_id))
+    """The taskId as Treeherder's job guids spell it (``slugid.decode`` as text); cached per task.
+
+    The same bytes as slugid's decode, written out the way ``str(uuid.UUID)`` does, without building the UUID:
+    a third of the cost on the first event of every task.
+    """
+    raw = binascii.a2b_base64(task_id.replace("-", "+").replace("_", "/") + "==")
+    if len(raw) != 16:
+        raise ValueError(f"taskId {task_id!r} is not a slugid (it decodes to {len(raw)} bytes, not 16)")
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def build_job(facts: JobFacts) -> dict[str, Any]:
