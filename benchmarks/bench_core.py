@@ -82,10 +82,11 @@ def main() -> int:
     rules = Rules()
     for _ in range(50):  # warm up: schema loading, validator compilation, caches
         one_pass(inputs, rules)
-    events, started, durations = 0, time.perf_counter(), []
+    events, started, durations, cpu_times = 0, time.perf_counter(), [], []
     while time.perf_counter() - started < args.seconds:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         one_pass(inputs, rules, args.cold)
+        cpu_times.append(time.thread_time() - c0)
         durations.append(time.perf_counter() - t0)
         events += len(inputs)
     elapsed = time.perf_counter() - started
@@ -97,6 +98,8 @@ def main() -> int:
         "events_per_second": round(events / elapsed),
         "median_pass_events_per_second": round(len(inputs) / median),
         "best_pass_events_per_second": round(len(inputs) / min(durations)),
+        # CPU time leaves out the time other processes had the core: steadier when the machine is busy.
+        "median_pass_cpu_events_per_second": round(len(inputs) / statistics.median(cpu_times)),
         "microseconds_per_event": round(elapsed / events * 1e6, 2),
         "target_events_per_second": TARGET,
         "meets_target": len(inputs) / median >= TARGET,
@@ -111,6 +114,7 @@ def main() -> int:
             f"best pass {result['best_pass_events_per_second']:,}/s, "
             f"overall {result['events_per_second']:,}/s ({result['microseconds_per_event']} us/event)"
         )
+        print(f"  median pass in CPU time {result['median_pass_cpu_events_per_second']:,} events/s")
         print(f"  target {TARGET:,} events/s: {'met' if result['meets_target'] else 'NOT met'}")
     return 0
 
