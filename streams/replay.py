@@ -8,13 +8,17 @@ processing goes on undisturbed and no live state is rewound.
 How it runs, and why it is fast:
 
 1. The range (``--since/--until`` through Kafka's offsets-for-times per partition, or explicit offsets) is
-   read once for the taskIds it holds.
+   read once for the taskIds it holds; its records are kept in memory when their values fit ``KEEP_BYTES``.
 2. Only those keys are kept from the changelogs of ``task-definitions`` and ``run-artifacts`` (only the
    partitions the range touches): the state the worker had, with no Queue API call for a task already seen.
-3. The range is read again in large batches (``getmany``); each batch goes through ``pipeline.process``
-   with lookups answered from memory, so no event awaits the network. Tasks the worker never saw are
-   fetched from the Queue API for the whole batch at once (concurrently), unless ``--no-queue``.
-4. Jobs are produced per batch without waiting on each send, then the batch's delivery futures are gathered.
+3. The kept records (or, for a larger range, the range read again) go through ``pipeline.process`` in
+   chunks of ``getmany`` size, with lookups answered from memory, so no event awaits the network. Tasks the
+   worker never saw are fetched from the Queue API for the whole chunk at once (concurrently), unless
+   ``--no-queue``.
+4. A chunk's jobs are appended to one record batch per partition (``JobWriter``) and handed to the producer
+   whole; they are confirmed while the next chunk is computed.
+5. Automatic cycle collection is paused and the tables frozen (``_collector_paused``): with the default
+   thresholds the collector took a third of the run walking objects that live for the whole replay.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any, TextIO
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.partitioner import murmur2
 
 from streams import records
@@ -196,8 +201,8 @@ class JobWriter:
             return
         self._full.append((partition, batch))  # full: a fresh batch takes the record
         batch = self._open[partition] = self.producer.create_batch()
-        if batch.append(key=key, value=value, timestamp=None) is None:
-            raise ValueError(f"a job record of {len(value)} bytes does not fit in a record batch")
+        if batch.append(key=key, value=value, timestamp=None) is None:  # an empty batch takes any record
+            raise MessageSizeTooLargeError(f"a job record of {len(value)} bytes does not fit in a record batch")
 
     async def submit(self) -> None:
         """Hand every batch filled so far to the producer; ``confirm`` waits for Kafka to have them."""
