@@ -8,6 +8,10 @@ ASCII, ``$`` is the very end), so on these schemas it accepts a subset of what T
 Hence the split: jsonschema-rs (formats off) answers "valid" alone; whenever it says "invalid" (or cannot
 read the value), python-jsonschema decides and writes the reason. The verdict is always Treeherder's, the
 common case costs a few microseconds, and reasons name the field path. See docs/transform.md for figures.
+
+Two shortcuts keep that split: a sound envelope and its body pass one fast call together
+(``envelope_fast_check``), and a job the core built skips, in its fast check only, the fields its builder
+guarantees (``pulse_job.GUARANTEED``). Whatever a shortcut refuses goes the long way, so reasons are unchanged.
 """
 
 from __future__ import annotations
