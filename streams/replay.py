@@ -163,6 +163,16 @@ class _NoQueue(QueueError):
     """A listing the tables lack while the Queue API may not be asked: the job goes out without links."""
 
 
+def _payload_task_id(envelope: object) -> str | None:
+    """``records.payload_task_id`` of an envelope, without its ABC checks for the plain dicts JSON gives."""
+    payload = envelope.get("payload") if type(envelope) is dict else None
+    status = payload.get("status") if type(payload) is dict else None
+    if type(status) is dict:
+        task_id = status.get("taskId")
+        return task_id if type(task_id) is str and task_id else None
+    return records.payload_task_id(payload) if type(envelope) is dict else None
+
+
 # --- Kafka writing ----------------------------------------------------------------------------------------
 
 
@@ -337,7 +347,7 @@ class Replay:
         self.replay_id = uuid.uuid4().hex[:12]
         self.guard = LocalGuard()
         self.emitted: dict[JobKey, Mapping[str, Any]] = {}  # for --diff: (partition, offset, old destination)
-        self.positions: set[tuple[int, int]] = set()  # task events re-run for a selected destination
+        self.positions: set[tuple[int, int]] = set()  # --diff: task events re-run for a selected destination
         self.first_event_ms: int | None = None  # timestamp of the earliest task event in the range
         self._prefixes: dict[str, str | None] = {}  # taskId -> route prefix of its definition
         self.diff_limit = 20
@@ -526,15 +536,16 @@ class Replay:
     async def _outcome(self, item: _Input, lookup: ReplayLookup) -> Outcome:
         if isinstance(item.envelope, bytes | str):
             return Rejected(item.task_id, "task-events record is not JSON", Stage.ENVELOPE)
-        task_id = records.payload_task_id(item.envelope.get("payload")) if isinstance(item.envelope, dict) else None
-        if task_id and task_id not in lookup.definitions and not self.options.use_queue:
-            return Rejected(task_id, "task definition not in the worker's task-definitions table "
-                                     "(--no-queue forbids asking the Queue API)", Stage.TASK)
+        if not self.options.use_queue:
+            task_id = _payload_task_id(item.envelope)
+            if task_id and task_id not in lookup.definitions:
+                return Rejected(task_id, "task definition not in the worker's task-definitions table "
+                                         "(--no-queue forbids asking the Queue API)", Stage.TASK)
         try:
             return await process(item.envelope, lookup, self.options.selection.replay_rules,
                                  default_root_url=self.settings.taskcluster_root_url)
         except QueueUnavailable as error:
-            return Rejected(task_id, f"Queue API unavailable: {error}", Stage.TASK)
+            return Rejected(_payload_task_id(item.envelope), f"Queue API unavailable: {error}", Stage.TASK)
 
     def _records(self, item: _Input, outcome: Outcome, lookup: ReplayLookup, marker: Mapping[str, str]
                  ) -> list[bytes]:
@@ -544,7 +555,7 @@ class Replay:
         if prefix is not None and not selection.wants_prefix(prefix):
             report.other_destination += 1
             return []
-        if prefix is not None:
+        if prefix is not None and self.options.diff:
             self.positions.add((item.partition, item.offset))
         if not isinstance(outcome, Jobs):
             counter = report.ignored if isinstance(outcome, Ignored) else report.rejected
