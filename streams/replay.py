@@ -246,7 +246,14 @@ def _consumer(settings: Settings) -> AIOKafkaConsumer:
 async def _read(consumer: AIOKafkaConsumer, topic: str, ranges: Sequence[PartitionRange],
                 on_batch: Callable[[list[Any]], Awaitable[None] | None]) -> None:
     """Every record of ``ranges``, handed over in getmany batches (records of one partition in order)."""
-    todo = {TopicPartition(topic, r.partition): r for r in ranges if r.size}
+    await _read_topics(consumer, {topic: ranges}, on_batch)
+
+
+async def _read_topics(consumer: AIOKafkaConsumer, ranges: Mapping[str, Sequence[PartitionRange]],
+                       on_batch: Callable[[list[Any]], Awaitable[None] | None]) -> None:
+    """``_read`` over the ranges of several topics at once."""
+    todo = {TopicPartition(topic, r.partition): r for topic, topic_ranges in ranges.items()
+            for r in topic_ranges if r.size}
     if not todo:
         return
     consumer.assign(list(todo))
@@ -272,10 +279,6 @@ async def _read(consumer: AIOKafkaConsumer, topic: str, ranges: Sequence[Partiti
     consumer.unsubscribe()
 
 
-async def _topic_exists(consumer: AIOKafkaConsumer, topic: str) -> bool:
-    return topic in await consumer.topics()
-
-
 async def _offsets(consumer: AIOKafkaConsumer, topic: str, partitions: Iterable[int]
                    ) -> tuple[dict[int, int], dict[int, int]]:
     tps = [TopicPartition(topic, p) for p in partitions]
@@ -290,26 +293,36 @@ async def _at_time(consumer: AIOKafkaConsumer, topic: str, partitions: Iterable[
     return {tp.partition: (None if hit is None else hit.offset) for tp, hit in found.items()}
 
 
-async def _load_table(consumer: AIOKafkaConsumer, topic: str, partitions: set[int],
-                      wanted: Callable[[str], bool]) -> dict[str, Any]:
-    """The table as its changelog leaves it, for the keys ``wanted`` accepts only."""
-    if not partitions or not await _topic_exists(consumer, topic):
-        return {}
-    low, high = await _offsets(consumer, topic, partitions)
-    table: dict[str, Any] = {}
+async def _load_tables(consumer: AIOKafkaConsumer, wanted: Mapping[str, Callable[[str], bool]],
+                       partitions: set[int]) -> dict[str, dict[str, Any]]:
+    """Each changelog's table as the changelog leaves it, for the keys its ``wanted`` accepts only.
+
+    The changelogs are read together, in one pass over their ``partitions``: one metadata and one offsets
+    round trip for all of them. A changelog that does not exist (the worker never ran) gives an empty table.
+    """
+    existing = await consumer.topics() if partitions else set()
+    topics = [topic for topic in wanted if topic in existing]
+    tables: dict[str, dict[str, Any]] = {topic: {} for topic in wanted}
+    if not topics:
+        return tables
+    tps = [TopicPartition(topic, p) for topic in topics for p in sorted(partitions)]
+    low = await consumer.beginning_offsets(tps)
+    high = await consumer.end_offsets(tps)
 
     def keep(chunk: list[Any]) -> None:
         for message in chunk:
             key = message.key.decode("utf-8", "replace") if message.key else ""
-            if not wanted(key):
+            if not wanted[message.topic](key):
                 continue
+            table = tables[message.topic]
             if message.value is None:
                 table.pop(key, None)  # a tombstone
             else:
-                table[key] = message.value  # decoded only if the replay needs it
+                table[key] = message.value  # decoded once the last value of the key is known
 
-    await _read(consumer, topic, [PartitionRange(p, low[p], high[p]) for p in sorted(partitions)], keep)
-    return {key: orjson.loads(value) for key, value in table.items()}
+    await _read_topics(consumer, {topic: [PartitionRange(tp.partition, low[tp], high[tp]) for tp in tps
+                                          if tp.topic == topic] for topic in topics}, keep)
+    return {topic: {key: orjson.loads(value) for key, value in table.items()} for topic, table in tables.items()}
 
 
 # --- The replay -------------------------------------------------------------------------------------------
@@ -403,10 +416,13 @@ class Replay:
                         partitions.add(item.partition)
 
             await _read(consumer, self.source_topic, ranges, note)
-            definitions = await _load_table(consumer, f"{settings.app_id}-task-definitions-changelog",
-                                            partitions, task_ids.__contains__)
-            listings = await _load_table(consumer, f"{settings.app_id}-run-artifacts-changelog", partitions,
-                                         lambda key: key.partition("/")[0] in task_ids)
+            definitions_topic = f"{settings.app_id}-task-definitions-changelog"
+            listings_topic = f"{settings.app_id}-run-artifacts-changelog"
+            tables = await _load_tables(consumer, {
+                definitions_topic: task_ids.__contains__,
+                listings_topic: lambda key: key.partition("/")[0] in task_ids,
+            }, partitions)
+            definitions, listings = tables[definitions_topic], tables[listings_topic]
             self.report.from_tables = len(definitions) + len(listings)
             gc.freeze()  # the tables live as long as the replay: no collection needs to walk them again
             if options.use_queue and self.client is None:
