@@ -335,16 +335,15 @@ def _collector_paused() -> Iterator[None]:
     A replay allocates millions of short-lived objects, which reference counting frees, and keeps tens of
     thousands of long-lived ones: the decoded definitions and listings, and the chunk being re-run. With the
     default thresholds the collector ran hundreds of times per replay and walked those again and again, a
-    third of the run time. Instead the tables are frozen (``gc.freeze``) once loaded, and the young
-    generations are collected after each chunk (``gc.collect(1)``), when the chunk is garbage: cyclic garbage
-    never outlives one chunk. Everything is undone on the way out, whatever happened.
+    third of the run time. Instead the tables are frozen (``gc.freeze``, by ``Replay.run``) once loaded, and
+    the young generations are collected after each chunk (``gc.collect(1)``), when the chunk is garbage:
+    cyclic garbage never outlives one chunk. Everything is undone on the way out, whatever happened.
     """
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
-        gc.unfreeze()
         if enabled:
             gc.enable()
 
@@ -363,6 +362,7 @@ class Replay:
         self.positions: set[tuple[int, int]] = set()  # --diff: task events re-run for a selected destination
         self.first_event_ms: int | None = None  # timestamp of the earliest task event in the range
         self._prefixes: dict[str, str | None] = {}  # taskId -> route prefix of its definition
+        self._froze = False  # whether this replay froze the objects alive once the tables were loaded
         self.diff_limit = 20
 
     @property
@@ -371,7 +371,12 @@ class Replay:
 
     async def run(self) -> ReplayResult:
         with _collector_paused():
-            return await self._run()
+            self._froze = False
+            try:
+                return await self._run()
+            finally:
+                if self._froze:
+                    gc.unfreeze()
 
     async def _run(self) -> ReplayResult:
         settings, options = self.settings, self.options
@@ -424,7 +429,9 @@ class Replay:
             }, partitions)
             definitions, listings = tables[definitions_topic], tables[listings_topic]
             self.report.from_tables = len(definitions) + len(listings)
-            gc.freeze()  # the tables live as long as the replay: no collection needs to walk them again
+            if gc.get_freeze_count() == 0:  # (a process that froze objects of its own is left alone)
+                gc.freeze()  # the tables live as long as the replay: no collection needs to walk them again
+                self._froze = True
             if options.use_queue and self.client is None:
                 self.client = QueueClient(timeout=settings.queue_timeout, retries=settings.queue_retries)
                 own_client = True
