@@ -2,8 +2,11 @@
 
 A batch's life: processed and its output handed to the producer (``prepare``), then, once Kafka has confirmed
 every record, its follow-up writes made and its events acknowledged (``settle``). Run one after the other, a
-worker spends each Kafka round trip doing nothing, and at moderate rates (a few events per batch) round trips,
-not work, set its throughput. Here the next batch is prepared while earlier ones wait for their confirmations.
+worker spends each Kafka round trip doing nothing; taken too eagerly, batches stay tiny and each one's fixed
+cost (a produce request, a round trip, the follow-up writes) eats the time that Faust needs to hand over
+events. So a batch is taken at once when nothing is in flight (a lone event goes straight through); while a
+batch is in flight, the next one waits until it is full or the one in flight is settled, whichever comes first
+(as Nagle's algorithm does for small packets). Full batches are prepared ahead, up to ``in_flight`` of them.
 
 Order is kept where it matters: batches are prepared one at a time and settled one at a time, both in the order
 they were taken, so a task's records reach the producer (and so its partition) in event order, and an event is
@@ -45,6 +48,8 @@ class BatchPipeline(Generic[E, F]):
         self._prepared: asyncio.Queue[tuple[list[E], F] | object] = asyncio.Queue(maxsize=in_flight)
         self._closing = False
         self._preparing = False
+        self._unsettled = 0  # batches taken and not yet settled
+        self._settled = asyncio.Event()  # set whenever a batch is settled
         self._grace = grace  # seconds close() waits for each stage to finish what it has in hand
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -73,9 +78,24 @@ class BatchPipeline(Generic[E, F]):
             settle_task.cancel()
             await asyncio.wait([settle_task])
 
+    async def _next_batch(self) -> list[E]:
+        """At once when nothing is in flight; otherwise once a full batch is waiting or a batch is settled."""
+        await self.inbox.wait_for(1)
+        while self._unsettled and len(self.inbox) < self.batch_size:
+            self._settled.clear()
+            waiters = [asyncio.ensure_future(self.inbox.wait_for(self.batch_size)),
+                       asyncio.ensure_future(self._settled.wait())]
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+        self._unsettled += 1
+        return self.inbox.take_now(self.batch_size)
+
     async def _prepare_loop(self) -> None:
         while not self._closing:
-            batch = await self.inbox.take(self.batch_size)
+            batch = await self._next_batch()
             self._preparing = True
             try:
                 prepared = await self._prepare(batch)
@@ -95,3 +115,5 @@ class BatchPipeline(Generic[E, F]):
                 await self._settle(batch, prepared)
             except BaseException as error:  # nothing is swallowed: on_failure does not return
                 self._on_failure(error)
+            self._unsettled -= 1
+            self._settled.set()

@@ -155,3 +155,32 @@ async def test_close_of_an_idle_pipeline_returns_at_once():
     pipeline = BatchPipeline(prepare, settle, fail, batch_size=2, in_flight=1)
     pipeline.start()
     await asyncio.wait_for(pipeline.close(), 1)
+
+
+async def test_while_a_batch_is_in_flight_the_next_waits_until_it_is_full_or_that_batch_is_settled():
+    taken: list[list[int]] = []
+    settle_may_finish = asyncio.Event()
+
+    async def prepare(batch: list[int]) -> None:
+        taken.append(batch)
+
+    async def settle(batch: list[int], _: None) -> None:
+        if batch == [0]:
+            await settle_may_finish.wait()
+
+    pipeline = BatchPipeline(prepare, settle, fail, batch_size=4, in_flight=2)
+    pipeline.start()
+    await pipeline.put(0)
+    await asyncio.sleep(0.01)
+    for event in (1, 2):
+        await pipeline.put(event)
+    await asyncio.sleep(0.01)
+    assert taken == [[0]], "two waiting events are no full batch: they wait for company while [0] is in flight"
+    settle_may_finish.set()
+    await asyncio.sleep(0.01)
+    assert taken == [[0], [1, 2]], "once [0] is settled, what accumulated goes as one batch"
+    for event in range(3, 7):
+        await pipeline.put(event)
+    await asyncio.sleep(0.01)
+    assert taken[2:] == [[3, 4, 5, 6]]
+    await pipeline.close()
