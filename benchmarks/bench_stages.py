@@ -45,6 +45,7 @@ POLL = 0.002  # seconds between looks at a connector's counters
 class Rate:
     items: int  # records counted in the rate (after the first output)
     seconds: float
+    cpu_seconds: float | None = None  # CPU the measured process spent over the same span, when known
 
     @property
     def per_second(self) -> float:
@@ -208,7 +209,7 @@ async def raw_worker(settings: Settings, source_topic: str, target_topic: str, e
     await consumer.start()
     await producer.start()
     try:
-        done, first_out, counted = 0, None, 0
+        done, first_out, counted, cpu_at_first = 0, None, 0, 0.0
         while done < expected:
             batch = await consumer.getmany(timeout_ms=100, max_records=500)
             futures = [await producer.send(target_topic, message.value, key=message.key)
@@ -219,11 +220,11 @@ async def raw_worker(settings: Settings, source_topic: str, target_topic: str, e
             await consumer.commit()
             done += len(futures)
             if first_out is None:
-                first_out = time.monotonic()
+                first_out, cpu_at_first = time.monotonic(), time.process_time()
             else:
                 counted += len(futures)
         assert first_out is not None
-        return Rate(counted, time.monotonic() - first_out)
+        return Rate(counted, time.monotonic() - first_out, time.process_time() - cpu_at_first)
     finally:
         await producer.stop()
         await consumer.stop()
@@ -252,11 +253,13 @@ class OutputWatch:
         if self.consumer is not None:
             await self.consumer.stop()
 
-    async def follow(self, target: dict[int, int], limit: float, idle: float = 5.0) -> Rate:
+    async def follow(self, target: dict[int, int], limit: float, idle: float = 5.0,
+                     cpu: Callable[[], float | None] = lambda: None) -> Rate:
         """Until the output covers ``target`` (partition -> end offset), or nothing new came for ``idle`` s
-        (an event whose job the state guard held back leaves no output). Measured first output to last."""
+        (an event whose job the state guard held back leaves no output). Measured first output to last;
+        ``cpu()``, the producing process's CPU seconds so far, is read at both ends."""
         assert self.consumer is not None
-        first_out, last_out, counted_from = None, None, 0
+        first_out, last_out, counted_from, cpu_first, cpu_last = None, None, 0, None, None
         deadline = time.monotonic() + limit
         while any(self.covered.get(p, 0) < end for p, end in target.items()):
             now = time.monotonic()
@@ -272,11 +275,12 @@ class OutputWatch:
                     if partition is not None and offset + 1 > self.covered.get(partition, 0):
                         self.covered[partition] = offset + 1
             if batch:
-                last_out = time.monotonic()
+                last_out, cpu_last = time.monotonic(), cpu()
                 if first_out is None:
-                    first_out, counted_from = last_out, self.done(target)
+                    first_out, counted_from, cpu_first = last_out, self.done(target), cpu_last
         assert first_out is not None and last_out is not None
-        return Rate(self.done(target) - counted_from, last_out - first_out)
+        spent = cpu_last - cpu_first if cpu_first is not None and cpu_last is not None else None
+        return Rate(self.done(target) - counted_from, last_out - first_out, spent)
 
     def done(self, target: dict[int, int]) -> int:
         return sum(min(self.covered.get(p, 0), end) - self.base.get(p, 0) for p, end in target.items())
@@ -297,6 +301,14 @@ def start_process(command: str, env: dict[str, str], log_path: Path) -> subproce
     log = open(log_path, "ab")  # noqa: SIM115 - the child keeps it
     return subprocess.Popen([sys.executable, "-m", "tc_treeherder.cli", command], env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User and system CPU of a process so far, from /proc/<pid>/stat."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None
 
 
 def peak_rss_kib(pid: int) -> int | None:
@@ -323,7 +335,7 @@ async def _worker_pass(watch: OutputWatch, target: dict[int, int], env: dict[str
     """Start a worker on the backlog, follow its output until it covers ``target``, stop it."""
     process = start_process("worker", env, log_dir / "bench-worker.log")
     try:
-        rate = await watch.follow(target, limit=limit)
+        rate = await watch.follow(target, limit=limit, cpu=lambda: cpu_seconds(process.pid))
         return rate, peak_rss_kib(process.pid)
     finally:
         stop_process(process)
@@ -478,6 +490,14 @@ def median(values: list[float]) -> float:
 def summarize(stage: str, raw: list[Rate], connector: list[Rate], items: int, **cleanup: Any) -> dict[str, Any]:
     raw_rate = median([r.per_second for r in raw])
     stage_rate = median([r.per_second for r in connector])
+    cpu = {}
+    if all(r.cpu_seconds is not None and r.items for r in raw + connector):
+        # CPU per item is steadier than a rate on a shared machine: another process's load stretches the wall
+        # clock but not the CPU a stage spends on its own work.
+        raw_us = median([r.cpu_seconds / r.items * 1e6 for r in raw])  # type: ignore[operator]
+        stage_us = median([r.cpu_seconds / r.items * 1e6 for r in connector])  # type: ignore[operator]
+        cpu = {"raw_cpu_us_per_item": round(raw_us, 1), "stage_cpu_us_per_item": round(stage_us, 1),
+               "cpu_ratio": round(raw_us / stage_us, 3) if stage_us else None}
     return {
         "stage": stage,
         "items_per_run": items,
@@ -487,6 +507,7 @@ def summarize(stage: str, raw: list[Rate], connector: list[Rate], items: int, **
         "raw_median": round(raw_rate),
         "stage_median": round(stage_rate),
         "ratio": round(stage_rate / raw_rate, 3) if raw_rate else None,
+        **cpu,
         "cleanup": cleanup,
     }
 

@@ -162,6 +162,9 @@ def table(results: dict[str, Any]) -> list[str]:
             rows.append((f"{stage} vs raw (ratio)", f"{figures['stage_median']:,} {unit}/s",
                          f"raw {figures['raw_median']:,}/s = {figures['ratio']:.2f}", ">= 0.50",
                          met(figures["ratio"] is not None and figures["ratio"] >= TARGETS["ratio"])))
+            if figures.get("cpu_ratio") is not None:
+                rows.append((f"{stage} CPU per {unit[:-1]}", f"{figures['stage_cpu_us_per_item']:,.0f} µs",
+                             f"raw {figures['raw_cpu_us_per_item']:,.0f} µs = {figures['cpu_ratio']:.2f}", "", "-"))
     e2e = results.get("e2e")
     if e2e:
         for rate, figures in e2e["latency"].items():
