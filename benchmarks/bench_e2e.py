@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import orjson
 import slugid
 
 from benchmarks.bench_data import delivered
-from benchmarks.bench_stages import peak_rss_kib
+from benchmarks.bench_stages import cpu_seconds, peak_rss_kib
 from streams.topics import ensure_topics
 from tc_treeherder.devtools.harness import InProcessRegistrar, LocalPipeline, expected_job_count, wait_for_consumer
 from tc_treeherder.devtools.publisher import PulsePublisher, publish_workload
@@ -147,9 +148,20 @@ class EndToEnd:
             await publish_workload(groups, publisher, InProcessRegistrar(self.standin), rate=rate, on_event=note)
         return published
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU used so far by each process on the path: the pipeline's, the brokers' and this benchmark's own
+        (which publishes, answers the Queue API and observes the jobs exchange)."""
+        pids = {name: managed.process.pid for name, managed in self.pipeline.processes.items()
+                if managed.process is not None and managed.running}
+        pids.update(broker_pids())
+        pids["benchmark"] = os.getpid()
+        return {name: spent for name, pid in pids.items() if (spent := cpu_seconds(pid)) is not None}
+
     async def run_load(self, *, events: int, rate: float, limit: float = 300,
                        idle: float | None = None) -> dict[str, Any]:
-        """Publish about ``events`` events at ``rate`` (0: unpaced) and time every job."""
+        """Publish about ``events`` events at ``rate`` (0: unpaced) and time every job, and account for the
+        CPU each process spent on it."""
+        cpu_before = self.cpu_seconds()
         self.seed += 1
         groups, messages, wanted = groups_for(self.settings, self.standin.root_url, events=events, seed=self.seed)
         before = self.arrivals.received
@@ -159,8 +171,11 @@ class EndToEnd:
         complete = await self.arrivals.wait_for(before + wanted, idle=idle or self.idle, limit=limit)
         latencies = [self.arrivals.first[key] - at for key, at in published.items() if key in self.arrivals.first]
         seconds = self.arrivals.last_at - started
+        cpu_after = self.cpu_seconds()
         print(f" [{rate or 'unpaced'}/s: {self.arrivals.received - before}/{wanted} jobs]", end="", flush=True)
         return {
+            "cpu_us_per_event": {name: round((cpu_after[name] - spent) / messages * 1e6)
+                                 for name, spent in cpu_before.items() if name in cpu_after and messages},
             "offered_rate": rate or None,
             "events": messages,
             "jobs_expected": wanted,
@@ -206,6 +221,21 @@ class EndToEnd:
             "seconds_from_process_start": round(finished - process_started, 3),
             "events_per_second": round(count / (finished - consuming)) if consuming else None,
         }
+
+
+def broker_pids() -> dict[str, int]:
+    """The local Kafka and RabbitMQ processes, found by their command lines."""
+    found: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            command = (entry / "cmdline").read_bytes()
+            if b"kafka.Kafka" in command:
+                found.setdefault("kafka", int(entry.name))
+            elif b"beam.smp" in command and b"rabbit" in command:
+                found.setdefault("rabbitmq", int(entry.name))
+    return found
 
 
 async def warm_up(e2e: EndToEnd) -> None:

@@ -173,6 +173,10 @@ def table(results: dict[str, Any]) -> list[str]:
             rows.append((f"end to end @ {int(rate):,}/s offered", f"p50 {figures['p50_ms']} ms",
                          f"p99 {figures['p99_ms']} ms", target, met(ok)))
         rows.append(("end to end, sustained", f"{e2e['sustained_median']:,} events/s", "", "", "-"))
+        cpu = e2e["sustained"][0].get("cpu_us_per_event") if e2e["sustained"] else None
+        if cpu:
+            spent = ", ".join(f"{name} {us:,}" for name, us in sorted(cpu.items(), key=lambda item: -item[1]))
+            rows.append(("  CPU µs per event, sustained", f"{sum(cpu.values()):,} µs", spent, "", "-"))
         backlog = e2e["backlog"][0]
         rows.append((f"backlog of {backlog['messages_waiting']:,} drained", f"{e2e['backlog_median_s']:.2f} s",
                      f"{e2e['backlog_from_start_median_s']:.2f} s from process start", "< 2 s",
