@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from benchmarks.bench_data import StageData, partition_of
+from benchmarks.faust_floor import OUTPUT as FLOOR_OUTPUT
 from connectors.pulse_sink import PulseSink
 from connectors.pulse_source import PulseSource
 from streams.topics import changelog_topic, ensure_topics
@@ -233,9 +234,9 @@ async def raw_worker(settings: Settings, source_topic: str, target_topic: str, e
 class OutputWatch:
     """Reads the worker's jobs and rejected topics and follows which source offsets they cover."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, topics: list[str] | None = None) -> None:
         self.settings = settings
-        self.topics = [settings.topic("jobs"), settings.topic("rejected")]
+        self.topics = topics or [settings.topic("jobs"), settings.topic("rejected")]
         self.covered: dict[int, int] = {}  # task-events partition -> highest offset seen + 1
         self.consumer: AIOKafkaConsumer | None = None
         self.base: dict[int, int] = {}  # offsets before the events being measured
@@ -296,10 +297,11 @@ async def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
         await consumer.stop()
 
 
-def start_process(command: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+def start_process(command: str, env: dict[str, str], log_path: Path,
+                  module: str = "tc_treeherder.cli") -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")  # noqa: SIM115 - the child keeps it
-    return subprocess.Popen([sys.executable, "-m", "tc_treeherder.cli", command], env=env, stdout=log,
+    return subprocess.Popen([sys.executable, "-m", module, *([command] if command else [])], env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -331,9 +333,13 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> Non
 
 
 async def _worker_pass(watch: OutputWatch, target: dict[int, int], env: dict[str, str], log_dir: Path,
-                       limit: float) -> tuple[Rate, int | None]:
-    """Start a worker on the backlog, follow its output until it covers ``target``, stop it."""
-    process = start_process("worker", env, log_dir / "bench-worker.log")
+                       limit: float, floor: bool = False) -> tuple[Rate, int | None]:
+    """Start a worker (or the Faust floor app) on the backlog, follow its output until it covers ``target``,
+    stop it."""
+    if floor:
+        process = start_process("", env, log_dir / "bench-floor.log", module="benchmarks.faust_floor")
+    else:
+        process = start_process("worker", env, log_dir / "bench-worker.log")
     try:
         rate = await watch.follow(target, limit=limit, cpu=lambda: cpu_seconds(process.pid))
         return rate, peak_rss_kib(process.pid)
@@ -348,33 +354,45 @@ async def bench_worker(settings: Settings, env: dict[str, str], data: StageData,
     await ensure_topics(settings)
     await create_topics(settings, raw_target)
     await prewarm_tables(settings, data)
-    raw, connector = [], []
+    raw: list[Rate] = []
     # The raw loop reads a backlog; each repetition writes the same events again and reads only those.
     for _ in range(repeats):
         await produce_all(settings, events_topic, data.events)
         raw.append(await raw_worker(settings, events_topic, raw_target, len(data.events)))
     # The worker reads the same kind of backlog: the events are written while it is stopped, and each pass
-    # is timed from its first output to its last, which leaves its start-up and table recovery out.
-    watch = OutputWatch(settings)
-    await watch.start()
+    # is timed from its first output to its last, which leaves its start-up and table recovery out. Then the
+    # same for the Faust floor (benchmarks/faust_floor.py): a Faust agent that only passes records on.
+    worker, worker_rss = await _passes(settings, data, env, log_dir, repeats, OutputWatch(settings), floor=False)
+    floor_topic = settings.topic(FLOOR_OUTPUT)
+    await create_topics(settings, floor_topic)
+    floor, _ = await _passes(settings, data, env, log_dir, repeats, OutputWatch(settings, [floor_topic]), floor=True)
+    result = summarize("worker", raw, worker, len(data.events))
+    result["worker_peak_rss_kib"] = worker_rss
+    result["faust_floor"] = summarize("faust floor", raw, floor, len(data.events))
+    return result
+
+
+async def _passes(settings: Settings, data: StageData, env: dict[str, str], log_dir: Path, repeats: int,
+                  watch: OutputWatch, *, floor: bool) -> tuple[list[Rate], int | None]:
+    """A warm-up pass over everything written so far, then ``repeats`` passes over the events written anew."""
+    events_topic = settings.topic("task-events")
+    rates: list[Rate] = []
     rss: int | None = None
+    await watch.start()
     try:
-        # Everything written so far is the backlog of the first start: its warm-up pass.
         target = await end_offsets(settings, events_topic)
         watch.base = {}
-        await _worker_pass(watch, target, env, log_dir, limit=300)
+        await _worker_pass(watch, target, env, log_dir, limit=300, floor=floor)
         for _ in range(repeats):
             watch.base = dict(target)
             await produce_all(settings, events_topic, data.events)
             target = await end_offsets(settings, events_topic)
-            rate, peak = await _worker_pass(watch, target, env, log_dir, limit=120)
-            connector.append(rate)
+            rate, peak = await _worker_pass(watch, target, env, log_dir, limit=120, floor=floor)
+            rates.append(rate)
             rss = max(rss or 0, peak or 0) or None
     finally:
         await watch.stop()
-    result = summarize("worker", raw, connector, len(data.events))
-    result["worker_peak_rss_kib"] = rss
-    return result
+    return rates, rss
 
 
 # Sink ------------------------------------------------------------------------------------------------

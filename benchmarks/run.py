@@ -165,6 +165,14 @@ def table(results: dict[str, Any]) -> list[str]:
             if figures.get("cpu_ratio") is not None:
                 rows.append((f"{stage} CPU per {unit[:-1]}", f"{figures['stage_cpu_us_per_item']:,.0f} µs",
                              f"raw {figures['raw_cpu_us_per_item']:,.0f} µs = {figures['cpu_ratio']:.2f}", "", "-"))
+            floor = figures.get("faust_floor")
+            if floor:  # the least any Faust agent does: what separates the worker from raw, and why
+                rows.append(("  Faust floor vs raw (ratio)", f"{floor['stage_median']:,} {unit}/s",
+                             f"raw {floor['raw_median']:,}/s = {floor['ratio']:.2f}", "", "-"))
+                if floor.get("cpu_ratio") is not None:
+                    rows.append(("  Faust floor CPU per event", f"{floor['stage_cpu_us_per_item']:,.0f} µs",
+                                 f"worker = {figures['stage_cpu_us_per_item'] / floor['stage_cpu_us_per_item']:.1f}"
+                                 " x floor", "", "-"))
     e2e = results.get("e2e")
     if e2e:
         for rate, figures in e2e["latency"].items():
