@@ -25,6 +25,7 @@ from typing import Any, NamedTuple, NoReturn
 import faust
 import orjson
 from aiokafka import ConsumerRecord
+from faust.stores.base import SerializedStore
 from faust.streams import _current_event  # the only way to write a table for an event of a batch
 from faust.types import TP, EventT
 
@@ -161,7 +162,7 @@ class TableState:
 
     def _raw(self, table: faust.Table, key: str) -> bytes | None:
         with _acting_for(self._event):
-            return table.get(key.encode())
+            return _read(table, key.encode())
 
     def _load(self, table: faust.Table, key: str) -> Any:
         raw = self._raw(table, key)
@@ -285,6 +286,18 @@ def create_worker(settings: Settings, *, client: QueueClient | None = None,
     return worker
 
 
+def _read(table: faust.Table, key: bytes) -> bytes | None:
+    """A table's value for ``key`` with one store lookup, for the current event's partition.
+
+    ``Table.get`` asks a RocksDB store twice (whether the key is there, then its value); the worker's tables
+    are raw bytes to bytes, so the store's own lookup answers directly.
+    """
+    store = table.data
+    if isinstance(store, SerializedStore):
+        return store._get(key)
+    return store.get(key)
+
+
 def _progress_key(partition: int) -> bytes:
     return str(partition).encode()
 
@@ -292,7 +305,7 @@ def _progress_key(partition: int) -> bytes:
 def _processed_upto(progress: faust.Table, event: Any) -> int | None:
     """The last offset of ``event``'s partition that a worker of the group recorded as processed."""
     with _acting_for(event):
-        raw = progress.get(_progress_key(event.message.partition))
+        raw = _read(progress, _progress_key(event.message.partition))
     return None if raw is None else int(raw)
 
 
