@@ -51,6 +51,10 @@ ROCKSDB_OPTIONS = {"write_buffer_size": 4 << 20, "max_write_buffer_number": 2, "
 
 BATCH_SIZE = 500  # the most events one batch takes; fewer when fewer are waiting
 IN_FLIGHT = 2  # batches prepared ahead of the one waiting for Kafka's confirmations
+# Seconds between two batches short of full: a busy stream then fills them, and the fixed cost of a batch is
+# shared by more events (benchmarks: 10 ms against none cut the worker's CPU per event by a third), while a
+# lone event after a quiet spell still goes at once. See streams/batch_pipeline.py.
+BATCH_LINGER = 0.01
 
 
 @contextmanager
@@ -275,7 +279,8 @@ def create_worker(settings: Settings, *, client: QueueClient | None = None,
             for event in batch:
                 await events.ack(event)
 
-        pipeline = BatchPipeline(prepare, settle, _exit_unacknowledged, batch_size=BATCH_SIZE, in_flight=IN_FLIGHT)
+        pipeline = BatchPipeline(prepare, settle, _exit_unacknowledged, batch_size=BATCH_SIZE, in_flight=IN_FLIGHT,
+                                 linger=BATCH_LINGER)
         pipeline.start()
         try:
             async for event in events.events():

@@ -4,9 +4,10 @@ A batch's life: processed and its output handed to the producer (``prepare``), t
 every record, its follow-up writes made and its events acknowledged (``settle``). Run one after the other, a
 worker spends each Kafka round trip doing nothing; taken too eagerly, batches stay tiny and each one's fixed
 cost (a produce request, a round trip, the follow-up writes) eats the time that Faust needs to hand over
-events. So a batch is taken at once when nothing is in flight (a lone event goes straight through); while a
-batch is in flight, the next one waits until it is full or the one in flight is settled, whichever comes first
-(as Nagle's algorithm does for small packets). Full batches are prepared ahead, up to ``in_flight`` of them.
+events. So a batch short of full is taken only when nothing is in flight (as Nagle's algorithm does for small
+packets) and ``linger`` seconds after the previous one was taken: a lone event after a quiet spell goes
+straight through, and a busy stream fills batches meanwhile. Full batches are taken at once and prepared
+ahead, up to ``in_flight`` of them.
 
 Order is kept where it matters: batches are prepared one at a time and settled one at a time, both in the order
 they were taken, so a task's records reach the producer (and so its partition) in event order, and an event is
@@ -37,7 +38,7 @@ class BatchPipeline(Generic[E, F]):
 
     def __init__(self, prepare: Callable[[list[E]], Awaitable[F]], settle: Callable[[list[E], F], Awaitable[None]],
                  on_failure: Callable[[BaseException], NoReturn], *, batch_size: int, in_flight: int,
-                 grace: float = 30.0) -> None:
+                 linger: float = 0.0, grace: float = 30.0) -> None:
         self._prepare = prepare
         self._settle = settle
         self._on_failure = on_failure
@@ -48,6 +49,8 @@ class BatchPipeline(Generic[E, F]):
         self._prepared: asyncio.Queue[tuple[list[E], F] | object] = asyncio.Queue(maxsize=in_flight)
         self._closing = False
         self._preparing = False
+        self._linger = linger  # seconds between batches short of full, so that a busy stream fills them
+        self._last_take = float("-inf")
         self._unsettled = 0  # batches taken and not yet settled
         self._settled = asyncio.Event()  # set whenever a batch is settled
         self._grace = grace  # seconds close() waits for each stage to finish what it has in hand
@@ -79,18 +82,26 @@ class BatchPipeline(Generic[E, F]):
             await asyncio.wait([settle_task])
 
     async def _next_batch(self) -> list[E]:
-        """At once when nothing is in flight; otherwise once a full batch is waiting or a batch is settled."""
+        """A batch once one is full; short of that, at once when nothing is in flight and the last batch was
+        taken at least ``linger`` seconds ago, else once both are true."""
         await self.inbox.wait_for(1)
-        while self._unsettled and len(self.inbox) < self.batch_size:
+        loop = asyncio.get_running_loop()
+        while len(self.inbox) < self.batch_size:
+            pause = self._last_take + self._linger - loop.time()
+            if not self._unsettled and pause <= 0:
+                break
             self._settled.clear()
-            waiters = [asyncio.ensure_future(self.inbox.wait_for(self.batch_size)),
-                       asyncio.ensure_future(self._settled.wait())]
+            waiters = [asyncio.ensure_future(self.inbox.wait_for(self.batch_size))]
+            if self._unsettled:
+                waiters.append(asyncio.ensure_future(self._settled.wait()))
             try:
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waiters, timeout=None if self._unsettled else pause,
+                                   return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for waiter in waiters:
                     waiter.cancel()
         self._unsettled += 1
+        self._last_take = loop.time()
         return self.inbox.take_now(self.batch_size)
 
     async def _prepare_loop(self) -> None:

@@ -184,3 +184,32 @@ async def test_while_a_batch_is_in_flight_the_next_waits_until_it_is_full_or_tha
     await asyncio.sleep(0.01)
     assert taken[2:] == [[3, 4, 5, 6]]
     await pipeline.close()
+
+
+async def test_batches_short_of_full_are_at_least_linger_apart_and_a_lone_event_after_a_pause_goes_at_once():
+    taken: list[tuple[float, list[int]]] = []
+    loop = asyncio.get_running_loop()
+
+    async def prepare(batch: list[int]) -> None:
+        taken.append((loop.time(), batch))
+
+    async def settle(batch: list[int], _: None) -> None: ...
+
+    pipeline = BatchPipeline(prepare, settle, fail, batch_size=100, in_flight=2, linger=0.2)
+    pipeline.start()
+    started = loop.time()
+    await pipeline.put(0)
+    await asyncio.sleep(0.01)
+    assert [batch for _, batch in taken] == [[0]], "nothing taken before: the first event goes at once"
+    for event in (1, 2, 3):
+        await pipeline.put(event)
+        await asyncio.sleep(0.01)
+    assert len(taken) == 1, "the next short batch waits out the linger"
+    await asyncio.sleep(0.25)
+    assert [batch for _, batch in taken] == [[0], [1, 2, 3]]
+    assert taken[1][0] - started >= 0.19
+    await asyncio.sleep(0.25)
+    await pipeline.put(4)
+    await asyncio.sleep(0.01)
+    assert [batch for _, batch in taken][-1] == [4], "after a quiet spell a lone event goes at once"
+    await pipeline.close()
