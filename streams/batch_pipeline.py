@@ -19,13 +19,10 @@ retried on its own once later batches have been sent after it.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, NoReturn, TypeVar
 
 from streams.inbox import Inbox
-
-log = logging.getLogger(__name__)
 
 E = TypeVar("E")  # an event
 F = TypeVar("F")  # what prepare hands to settle for one batch
@@ -75,10 +72,11 @@ class BatchPipeline(Generic[E, F]):
         if not prepare_task.done():
             prepare_task.cancel()  # still preparing after the timeout: on_failure ends the process
             await asyncio.wait([prepare_task])
-        await self._prepared.put(_CLOSED)
+        closed = asyncio.ensure_future(self._prepared.put(_CLOSED))  # after the batches already prepared
         await asyncio.wait([settle_task], timeout=self._grace)
+        closed.cancel()
         if not settle_task.done():
-            settle_task.cancel()
+            settle_task.cancel()  # Kafka still has not confirmed: on_failure ends the process
             await asyncio.wait([settle_task])
 
     async def _next_batch(self) -> list[E]:

@@ -213,3 +213,27 @@ async def test_batches_short_of_full_are_at_least_linger_apart_and_a_lone_event_
     await asyncio.sleep(0.01)
     assert [batch for _, batch in taken][-1] == [4], "after a quiet spell a lone event goes at once"
     await pipeline.close()
+
+
+async def test_close_gives_up_on_a_settle_that_never_ends_and_reports_it():
+    failures: list[BaseException] = []
+    never = asyncio.Event()
+
+    def on_failure(error: BaseException) -> NoReturn:
+        failures.append(error)
+        raise asyncio.CancelledError
+
+    async def prepare(batch: list[int]) -> None: ...
+
+    async def settle(batch: list[int], _: None) -> None:
+        await never.wait()  # Kafka never confirms
+
+    pipeline = BatchPipeline(prepare, settle, on_failure, batch_size=1, in_flight=1, grace=0.05)
+    pipeline.start()
+    for event in range(3):
+        await pipeline.put(event)
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(pipeline.close(), 1)
+    # Both stages had work in hand (a batch settling, the next one waiting for room): in the worker, the first
+    # report ends the process.
+    assert failures and all(isinstance(error, asyncio.CancelledError) for error in failures), failures
