@@ -17,20 +17,19 @@ How it runs, and why it is fast:
    ``--no-queue``.
 4. A chunk's jobs are appended to one record batch per partition (``JobWriter``) and handed to the producer
    whole; they are confirmed while the next chunk is computed.
-5. Automatic cycle collection is paused and the tables frozen (``_collector_paused``): with the default
+5. Automatic cycle collection is paused and the tables frozen (``collector_paused``): with the default
    thresholds the collector took a third of the run walking objects that live for the whole replay.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -55,6 +54,7 @@ from streams.replay_plan import (
     resolve_range,
     route_prefix,
 )
+from tc_treeherder.gc_pause import collector_paused
 from tc_treeherder.kafka_config import kafka_client_kwargs
 from tc_treeherder.settings import Settings
 
@@ -328,26 +328,6 @@ async def _load_tables(consumer: AIOKafkaConsumer, wanted: Mapping[str, Callable
 # --- The replay -------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """No automatic cycle collection while the replay runs; the replay collects the young generations itself.
-
-    A replay allocates millions of short-lived objects, which reference counting frees, and keeps tens of
-    thousands of long-lived ones: the decoded definitions and listings, and the chunk being re-run. With the
-    default thresholds the collector ran hundreds of times per replay and walked those again and again, a
-    third of the run time. Instead the tables are frozen (``gc.freeze``, by ``Replay.run``) once loaded, and
-    the young generations are collected after each chunk (``gc.collect(1)``), when the chunk is garbage:
-    cyclic garbage never outlives one chunk. Everything is undone on the way out, whatever happened.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 class Replay:
     def __init__(self, settings: Settings, options: ReplayOptions, *, progress: TextIO | None = None,
                  client: QueueClient | None = None) -> None:
@@ -370,7 +350,12 @@ class Replay:
         return self.settings.topic("rejected" if self.options.rejected_only else "task-events")
 
     async def run(self) -> ReplayResult:
-        with _collector_paused():
+        # A replay keeps tens of thousands of long-lived objects (the decoded tables, the chunk being re-run)
+        # and makes millions of short-lived ones, which reference counting frees. The default collector walked
+        # the long-lived ones hundreds of times per replay: a third of the run. So it is paused, the tables are
+        # frozen once loaded (gc.freeze), and the young generations are collected after each chunk, when the
+        # chunk is garbage (cyclic garbage never outlives one chunk). All of it is undone on the way out.
+        with collector_paused():
             self._froze = False
             try:
                 return await self._run()
@@ -451,7 +436,7 @@ class Replay:
             async def rerun(chunk: list[Any]) -> None:
                 nonlocal done
                 await self._rerun(self._inputs(chunk), lookup, writer)
-                gc.collect(1)  # the chunk's cycles, if any (see _collector_paused)
+                gc.collect(1)  # the chunk's cycles, if any (see Replay.run)
                 done += len(chunk)
                 bar.update(done)
 

@@ -13,15 +13,14 @@ the primary routing key and one ``route.<route>`` CC key per task route.
 from __future__ import annotations
 
 import base64
-import gc
 import random
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from tc_treeherder.gc_pause import collector_paused
 from tc_treeherder.settings import DEFAULT_ROUTE_PREFIXES, DEFAULT_TASK_EXCHANGE_PREFIX
 
 Envelope = dict[str, Any]
@@ -196,7 +195,7 @@ class Workload:
 
 def generate(options: WorkloadOptions) -> Workload:
     """The whole workload in memory; use :func:`iter_groups` to stream large ones."""
-    with _gc_paused():
+    with collector_paused():
         return Workload(list(iter_groups(options)))
 
 
@@ -214,7 +213,7 @@ def iter_groups(options: WorkloadOptions) -> Iterator[TaskGroup]:
             if tasks_left <= 0:
                 return
             limit = min(tasks_left, options.max_group_size)
-        with _gc_paused():
+        with collector_paused():
             group = generator.group(limit)
         tasks_left -= len(group.tasks)
         events_made += len(group.events)
@@ -806,18 +805,6 @@ class _GroupContext:
     prefix: str
     level: int
     github: bool
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC: a workload is many small acyclic containers, and its passes over them only cost time."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _time_and_seq(item: tuple[int, int, Envelope]) -> tuple[int, int]:
