@@ -28,7 +28,13 @@ import slugid
 from benchmarks.bench_data import delivered
 from benchmarks.bench_stages import cpu_seconds, peak_rss_kib
 from streams.topics import ensure_topics
-from tc_treeherder.devtools.harness import InProcessRegistrar, LocalPipeline, expected_job_count, wait_for_consumer
+from tc_treeherder.devtools.harness import (
+    InProcessRegistrar,
+    LocalPipeline,
+    expected_job_count,
+    wait_for_consumer,
+    wait_for_count,
+)
 from tc_treeherder.devtools.publisher import PulsePublisher, publish_workload
 from tc_treeherder.devtools.workload import Envelope, TaskGroup, WorkloadOptions, iter_groups
 from tc_treeherder.settings import Settings
@@ -76,16 +82,7 @@ class Arrivals:
         self.first.setdefault((job.get("taskId", ""), job.get("state", "")), now)
 
     async def wait_for(self, count: int, *, idle: float, limit: float) -> bool:
-        started = time.monotonic()
-        last, changed = self.received, started
-        while self.received < count:
-            await asyncio.sleep(0.05)
-            now = time.monotonic()
-            if self.received != last:
-                last, changed = self.received, now
-            if now - changed > idle or now - started > limit:
-                return False
-        return True
+        return await wait_for_count(lambda: self.received, count, idle=idle, limit=limit, poll=0.05)
 
     async def close(self) -> None:
         if self._connection is not None:

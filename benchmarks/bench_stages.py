@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from benchmarks.faust_floor import OUTPUT as FLOOR_OUTPUT
 from connectors.pulse_sink import PulseSink
 from connectors.pulse_source import PulseSource
 from streams.topics import changelog_topic, ensure_topics
+from tc_treeherder.devtools.harness import terminate
 from tc_treeherder.devtools.publisher import PulsePublisher
 from tc_treeherder.settings import Settings
 
@@ -322,16 +322,6 @@ def peak_rss_kib(pid: int) -> int | None:
     return None
 
 
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 async def _worker_pass(watch: OutputWatch, target: dict[int, int], env: dict[str, str], log_dir: Path,
                        limit: float, floor: bool = False) -> tuple[Rate, int | None]:
     """Start a worker (or the Faust floor app) on the backlog, follow its output until it covers ``target``,
@@ -344,7 +334,7 @@ async def _worker_pass(watch: OutputWatch, target: dict[int, int], env: dict[str
         rate = await watch.follow(target, limit=limit, cpu=lambda: cpu_seconds(process.pid))
         return rate, peak_rss_kib(process.pid)
     finally:
-        stop_process(process)
+        terminate(process)
 
 
 async def bench_worker(settings: Settings, env: dict[str, str], data: StageData, repeats: int,

@@ -125,22 +125,21 @@ class ScenarioResult:
 # Process faults
 
 def kill9(process: str, pause: float = 2.0) -> Injector:
-    async def inject(scenario: Scenario) -> None:
-        targets = _targets(scenario, process)
-        await asyncio.to_thread(scenario.pipeline.kill, *targets)
-        scenario.note(f"SIGKILL {', '.join(targets)}")
-        await asyncio.sleep(pause)
-        scenario.pipeline.start(*targets)
-        scenario.note(f"restarted {', '.join(targets)}")
-    return inject
+    return _stop_and_restart(process, pause, "SIGKILL", lambda pipeline: pipeline.kill)
 
 
 def sigterm(process: str, pause: float = 2.0) -> Injector:
+    return _stop_and_restart(process, pause, "SIGTERM", lambda pipeline: pipeline.stop)
+
+
+def _stop_and_restart(process: str, pause: float, signal_name: str,
+                      how: Callable[[LocalPipeline], Callable[..., None]]) -> Injector:
+    """Stop ``process`` (the first worker for "worker") one way, wait ``pause`` seconds, start it again."""
     async def inject(scenario: Scenario) -> None:
         targets = _targets(scenario, process)
         began = time.monotonic()
-        await asyncio.to_thread(scenario.pipeline.stop, *targets)
-        scenario.note(f"SIGTERM {', '.join(targets)}: exited after {time.monotonic() - began:.1f}s")
+        await asyncio.to_thread(how(scenario.pipeline), *targets)
+        scenario.note(f"{signal_name} {', '.join(targets)}: exited after {time.monotonic() - began:.1f}s")
         await asyncio.sleep(pause)
         scenario.pipeline.start(*targets)
         scenario.note(f"restarted {', '.join(targets)}")

@@ -131,9 +131,8 @@ def create_worker(settings: Settings, *, client: QueueClient | None = None,
         skipped = await watch.fetch(await watch.find_gaps(
             [(event.message.partition, event.message.offset) for event in batch],
             processed=lambda partition: processed_upto(tables.progress, first[partition])))
-        sources = [_source_event(tables, writes, _FetchedEvent(record), record.key, record.value)
-                   for record in skipped]
-        sources += [_source_event(tables, writes, event, event.key, event.value) for event in batch]
+        sources = [_source_event(tables, writes, _FetchedEvent(record)) for record in skipped]
+        sources += [_source_event(tables, writes, event) for event in batch]
         produced = await processor().process_batch(sources)
         records = [Outgoing(outputs[record.topic], record.key, record.value) for record in produced]
         records += writes.take_changelog()
@@ -170,13 +169,14 @@ class _FetchedEvent:
 
     def __init__(self, record: ConsumerRecord) -> None:
         self.message = record
+        self.key = record.key
+        self.value = record.value
 
 
-def _source_event(tables: WorkerTables, writes: BatchWrites, event: Any, key: bytes | None,
-                  value: bytes) -> SourceEvent:
+def _source_event(tables: WorkerTables, writes: BatchWrites, event: Any) -> SourceEvent:
     message = event.message
-    return SourceEvent(topic=message.topic, partition=message.partition, offset=message.offset, key=key,
-                       value=value, state=TableState(tables, event, writes))
+    return SourceEvent(topic=message.topic, partition=message.partition, offset=message.offset, key=event.key,
+                       value=event.value, state=TableState(tables, event, writes))
 
 
 def _exit_unacknowledged(error: BaseException) -> NoReturn:
@@ -252,10 +252,9 @@ def _move_checkpoints(records: Sequence[Outgoing], results: Sequence[Any]) -> No
 async def _deliver(app: faust.App, records: list[Outgoing]) -> None:
     """Produce ``records`` and wait until Kafka has each one; retry what failed until it lands.
 
-    The batch is acknowledged once the agent's loop body ends, so this may only return when everything is
-    in Kafka. If the worker is asked to stop while Kafka still refuses, it raises, and the agent exits without
-    acknowledging: the batch is read again by whichever worker takes the partition over. Changelog records
-    move their table's checkpoint, as Faust's own table writes do, so a restart recovers only what is newer.
+    For a settled batch's guard entries and progress marks: ``settle`` acknowledges the batch only after this
+    returns, and settles batches one at a time, so a retry here cannot reorder anything. If the worker is asked
+    to stop while Kafka still refuses, it raises, and the worker exits without acknowledging the batch.
     """
     pending = records
     delay = 0.5

@@ -164,13 +164,8 @@ class _NoQueue(QueueError):
 
 
 def _payload_task_id(envelope: object) -> str | None:
-    """``records.payload_task_id`` of an envelope, without its ABC checks for the plain dicts JSON gives."""
-    payload = envelope.get("payload") if type(envelope) is dict else None
-    status = payload.get("status") if type(payload) is dict else None
-    if type(status) is dict:
-        task_id = status.get("taskId")
-        return task_id if type(task_id) is str and task_id else None
-    return records.payload_task_id(payload) if type(envelope) is dict else None
+    """The taskId of an envelope's message body, for the rejections that come before the envelope is parsed."""
+    return records.payload_task_id(envelope.get("payload")) if isinstance(envelope, Mapping) else None
 
 
 # --- Kafka writing ----------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -29,6 +29,39 @@ from streams.state_guard import STATE_RANK
 from tc_treeherder.settings import Settings
 
 COMMANDS = ("source", "worker", "sink")
+
+
+async def wait_for_count(current: Callable[[], int], count: int, *, idle: float, limit: float,
+                         poll: float = 0.1) -> bool:
+    """Wait until ``current()`` reaches ``count``; False after ``idle`` s without it growing, or ``limit`` s."""
+    started = time.monotonic()
+    last_count, last_change = current(), started
+    while current() < count:
+        await asyncio.sleep(poll)
+        now = time.monotonic()
+        if current() != last_count:
+            last_count, last_change = current(), now
+        if now - last_change > idle or now - started > limit:
+            return False
+    return True
+
+
+def reap(process: subprocess.Popen[bytes], timeout: float) -> int:
+    """Wait for ``process`` to end, killing it after ``timeout`` seconds; its exit code."""
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    return process.returncode
+
+
+def terminate(process: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+    """SIGTERM, then SIGKILL after ``timeout``: a clean shutdown where the process allows one; its exit code."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+    return reap(process, timeout)
 
 
 @dataclass(slots=True)
@@ -121,11 +154,7 @@ class LocalPipeline:
         managed = self.processes[name]
         if managed.process is None:
             return
-        try:
-            managed.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            managed.process.kill()
-            managed.process.wait()
+        reap(managed.process, timeout)
         if managed.log_file is not None:
             managed.log_file.close()
             managed.log_file = None
@@ -209,16 +238,7 @@ class JobObserver:
 
     async def wait_for(self, count: int, *, idle: float, limit: float) -> bool:
         """Wait until ``count`` messages arrived; give up after ``idle`` s without one, or ``limit`` s."""
-        started = time.monotonic()
-        last_count, last_change = self.received, started
-        while self.received < count:
-            await asyncio.sleep(0.1)
-            now = time.monotonic()
-            if self.received != last_count:
-                last_count, last_change = self.received, now
-            if now - last_change > idle or now - started > limit:
-                return False
-        return True
+        return await wait_for_count(lambda: self.received, count, idle=idle, limit=limit)
 
     async def close(self) -> None:
         for connection in self._connections:

@@ -6,7 +6,6 @@ request counts show what the worker fetched.
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.state_guard import STATE_RANK
 from streams.topics import ensure_topics
+from tc_treeherder.devtools.harness import terminate
 from tc_treeherder.devtools.queue_standin import QueueStandIn
 from tc_treeherder.settings import Settings
 from tests.unit.core.factories import make_artifacts, make_envelope, make_event, make_task
@@ -99,18 +99,7 @@ def worker_process(test_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
 
     yield start
     for process in started:
-        stop(process)
-
-
-def stop(process: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
+        terminate(process)
 
 
 def lifecycle(task_id: str, root_url: str) -> list[tuple[str, dict[str, Any]]]:
@@ -148,7 +137,7 @@ async def test_a_restarted_worker_serves_definitions_from_its_table(settings, st
                                                      root_url=standin.root_url)) for task_id in TASKS])
     first = worker_process(TC_TREEHERDER_STORE=store)
     assert len(await read_topic(settings, "jobs", 3)) == 3
-    assert stop(first) == 0, "the worker stops cleanly on SIGTERM"
+    assert terminate(first) == 0, "the worker stops cleanly on SIGTERM"
     fetched = standin.stats["requests"]["task"]
     assert fetched == len(TASKS)
 
