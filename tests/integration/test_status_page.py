@@ -22,10 +22,11 @@ import aiohttp
 import pytest
 
 from streams.topics import ensure_topics
+from tc_treeherder.devtools.harness import terminate
 from tc_treeherder.devtools.queue_standin import QueueStandIn
 from tc_treeherder.settings import Settings
 from tc_treeherder.stack.process import file_lock
-from tests.integration.test_worker import produce, stop
+from tests.integration.test_worker import produce
 from tests.unit.core.factories import make_artifacts, make_config, make_envelope, make_event, make_task
 
 GOOD = ["JXCKWMboSA67pGalSfg3og", "ZShxu3oeTb6vA3genPZZ3g", "B3EheQ-IQ5aPzw34KS_a6g"]
@@ -95,7 +96,7 @@ def worker(test_env: dict[str, str], standin: QueueStandIn, tmp_path: Path) -> I
         try:
             yield f"http://127.0.0.1:{port}"
         finally:
-            stop(process)
+            terminate(process)
 
 
 async def wait_for_status(url: str, done: Any, wait: float = 120.0) -> dict[str, Any]:
