@@ -18,13 +18,13 @@ import orjson
 from aiokafka.partitioner import murmur2
 
 from connectors.pulse_source import convert_body
-from streams import records
+from devtools.workload import Envelope, SimulatedTask, WorkloadOptions, iter_groups
 from streams.core.model import Jobs
 from streams.core.rules import Rules
-from streams.pipeline import process
-from streams.topics import TopicNames
-from tc_treeherder.devtools.workload import Envelope, SimulatedTask, WorkloadOptions, iter_groups
-from tc_treeherder.settings import Settings
+from streams.shared import records
+from streams.shared.settings import Settings
+from streams.shared.topics import TopicNames
+from streams.taskcluster.lookup import process
 
 
 @dataclass(slots=True)
@@ -75,7 +75,7 @@ async def stage_data(settings: Settings, *, events: int, seed: int, root_url: st
                                   routing_key=message["routingKey"], headers={"CC": message["ccRoutes"]},
                                   message_id=None, settings=settings, topics=topics)
         data.events.append((conversion.key, conversion.value))
-    lookup, rules = _Lookup(tasks), Rules.from_settings(settings)
+    lookup, rules = _Lookup(tasks), settings.rules()
     for key, value in data.events:
         outcome = await process(orjson.loads(value), lookup, rules, default_root_url=root_url)
         if isinstance(outcome, Jobs):

@@ -27,17 +27,17 @@ import slugid
 
 from benchmarks.bench_data import delivered
 from benchmarks.bench_stages import cpu_seconds, peak_rss_kib
-from streams.topics import ensure_topics
-from tc_treeherder.devtools.harness import (
+from devtools.harness import (
     InProcessRegistrar,
     LocalPipeline,
     expected_job_count,
     wait_for_consumer,
     wait_for_count,
 )
-from tc_treeherder.devtools.publisher import PulsePublisher, publish_workload
-from tc_treeherder.devtools.workload import Envelope, TaskGroup, WorkloadOptions, iter_groups
-from tc_treeherder.settings import Settings
+from devtools.publisher import PulsePublisher, publish_workload
+from devtools.workload import Envelope, TaskGroup, WorkloadOptions, iter_groups
+from streams.shared.settings import Settings
+from streams.shared.topics import ensure_topics
 
 STATE_OF_KIND = {"defined": "unscheduled", "pending": "pending", "running": "running", "completed": "completed",
                  "failed": "completed", "exception": "completed"}

@@ -34,12 +34,12 @@ from aiokafka import AIOKafkaProducer  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 from aiokafka.partitioner import murmur2  # noqa: E402
 
-from streams.replay import Replay, ReplayOptions  # noqa: E402
-from streams.replay_plan import select  # noqa: E402
-from streams.topics import ensure_topics  # noqa: E402
-from tc_treeherder.devtools.harness import delete_namespace  # noqa: E402
-from tc_treeherder.settings import load_settings  # noqa: E402
-from tests.unit.core.factories import make_artifacts, make_envelope, make_event, make_task  # noqa: E402
+from devtools.factories import make_artifacts, make_envelope, make_event, make_task  # noqa: E402
+from devtools.harness import delete_namespace  # noqa: E402
+from streams.replay.plan import select  # noqa: E402
+from streams.replay.runner import Replay, ReplayOptions  # noqa: E402
+from streams.shared.settings import load_settings  # noqa: E402
+from streams.shared.topics import ensure_topics  # noqa: E402
 
 
 async def prepare(settings, tasks: int) -> None:

@@ -34,10 +34,10 @@ from benchmarks.bench_data import StageData, partition_of
 from benchmarks.faust_floor import OUTPUT as FLOOR_OUTPUT
 from connectors.pulse_sink import PulseSink
 from connectors.pulse_source import PulseSource
-from streams.topics import changelog_topic, ensure_topics
-from tc_treeherder.devtools.harness import terminate
-from tc_treeherder.devtools.publisher import PulsePublisher
-from tc_treeherder.settings import Settings
+from devtools.harness import terminate
+from devtools.publisher import PulsePublisher
+from streams.shared.settings import Settings
+from streams.shared.topics import changelog_topic, ensure_topics
 
 POLL = 0.002  # seconds between looks at a connector's counters
 

@@ -31,8 +31,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.faults_lab import Lab, ScenarioResult, catalogue, run_scenario  # noqa: E402
-from tc_treeherder.settings import load_settings  # noqa: E402
-from tc_treeherder.stack import kafka, rabbitmq  # noqa: E402
+from devtools.stack import kafka, rabbitmq  # noqa: E402
+from streams.shared.settings import load_settings  # noqa: E402
 
 PULSE_URL = "amqp://guest:guest@localhost:5672/"
 OPT_IN = ("rabbitmq-restart",)

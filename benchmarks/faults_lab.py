@@ -29,8 +29,7 @@ from urllib.parse import quote
 import aio_pika
 import aiohttp
 
-from streams.topics import ensure_topics
-from tc_treeherder.devtools.harness import (
+from devtools.harness import (
     InProcessRegistrar,
     JobObserver,
     LocalPipeline,
@@ -39,12 +38,13 @@ from tc_treeherder.devtools.harness import (
     wait_for_consumer,
     wait_settled,
 )
-from tc_treeherder.devtools.publisher import PulsePublisher, publish_workload
-from tc_treeherder.devtools.queue_standin import Fault as QueueFault
-from tc_treeherder.devtools.queue_standin import QueueStandIn
-from tc_treeherder.devtools.workload import WorkloadOptions, iter_groups
-from tc_treeherder.settings import Settings, load_settings
-from tc_treeherder.stack import kafka
+from devtools.publisher import PulsePublisher, publish_workload
+from devtools.queue_standin import Fault as QueueFault
+from devtools.queue_standin import QueueStandIn
+from devtools.stack import kafka
+from devtools.workload import WorkloadOptions, iter_groups
+from streams.shared.settings import Settings, load_settings
+from streams.shared.topics import ensure_topics
 
 MANAGEMENT_URL = "http://localhost:15672"
 # The management API of the local broker: guest/guest, as an Authorization header.

@@ -17,7 +17,7 @@ import sys
 import faust
 import orjson
 
-from tc_treeherder.settings import load_settings
+from streams.shared.settings import load_settings
 
 OUTPUT = "bench-floor-out"  # base name of the output topic, namespaced like the others
 

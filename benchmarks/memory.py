@@ -37,8 +37,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 
-from streams.topics import changelog_topic, ensure_topics
-from tc_treeherder.settings import Settings, load_settings
+from streams.shared.settings import Settings, load_settings
+from streams.shared.topics import changelog_topic, ensure_topics
 
 REVISION = "4f1a9c2e7b5d3a8f6e0c1b2d4a6f8e0c2b4d6f8a"
 EXE = str(Path(sys.executable).with_name("tc-treeherder"))

@@ -44,7 +44,7 @@ def machine() -> dict[str, Any]:
 def run_settings(base: Any, run_dir: Path, label: str) -> tuple[Any, dict[str, str]]:
     """Settings and the processes' environment for one part, under a namespace of its own."""
     from benchmarks.bench_stages import child_env
-    from tc_treeherder.settings import load_settings
+    from streams.shared.settings import load_settings
 
     namespace = f"bench{label}{secrets.token_hex(3)}"
     env = {
@@ -68,7 +68,7 @@ def bench_core(seconds: float) -> dict[str, Any]:
 
 
 async def with_standin(action: Any) -> Any:
-    from tc_treeherder.devtools.queue_standin import QueueStandIn
+    from devtools.queue_standin import QueueStandIn
 
     standin = QueueStandIn()
     root_url = await standin.start()
@@ -81,7 +81,7 @@ async def with_standin(action: Any) -> Any:
 async def part(name: str, base: Any, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks import bench_stages
     from benchmarks.bench_data import stage_data
-    from tc_treeherder.devtools.harness import delete_namespace
+    from devtools.harness import delete_namespace
 
     settings, env = run_settings(base, run_dir, name)
     cleanup: dict[str, Any] = {}
@@ -257,8 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("aiokafka").setLevel(logging.ERROR)  # leader moves right after a topic is created
     logging.getLogger("connectors").setLevel(logging.ERROR)  # the local stack's missing task exchanges
-    from tc_treeherder.settings import load_settings
-    from tc_treeherder.stack import StackError, local
+    from devtools.stack import StackError, local
+    from streams.shared.settings import load_settings
 
     base = load_settings()
     try:

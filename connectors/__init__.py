@@ -1,0 +1,2 @@
+"""The Pulse connectors: ``PulseSource`` (task exchanges to Kafka) and ``PulseSink`` (Kafka to jobs exchanges),
+on a shared lifecycle (``base``)."""

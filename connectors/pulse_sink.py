@@ -29,11 +29,11 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from connectors.base import Backoff, Connector
 from connectors.pulse_source import AMQP_TRANSIENT, SessionLost
-from streams import records
-from streams.topics import TopicNames, sink_group
-from tc_treeherder.kafka_config import kafka_client_kwargs
-from tc_treeherder.observability.tally import LatencyTally
-from tc_treeherder.settings import Destination, Settings
+from streams.shared import records
+from streams.shared.kafka_config import kafka_client_kwargs
+from streams.shared.settings import Destination, Settings
+from streams.shared.tally import LatencyTally
+from streams.shared.topics import TopicNames, sink_group
 
 log = logging.getLogger(__name__)
 

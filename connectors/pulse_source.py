@@ -31,11 +31,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from connectors.base import Backoff, Connector
-from streams import records
-from streams.core.model import EventKind, Stage
-from streams.topics import TopicNames, max_record_bytes
-from tc_treeherder.kafka_config import kafka_client_kwargs
-from tc_treeherder.settings import Settings
+from streams.core.model import EventKind, Stage, reason_class
+from streams.shared import records
+from streams.shared.kafka_config import kafka_client_kwargs
+from streams.shared.settings import Settings
+from streams.shared.topics import TopicNames, max_record_bytes
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def convert_body(body: bytes, *, exchange: str, routing_key: str, headers: Any, 
             root_url=settings.taskcluster_root_url, received_at=received_at, message_id=message_id, max_body_bytes=0)
         value = records.encode_rejected_record(stage=Stage.SOURCE, reason=reason, task_id=task_id,
                                                kind="rejected", envelope=envelope, source=None, at=received_at)
-    return Conversion(topics.rejected, records.task_key(task_id), value, rejection=reason.split(":")[0])
+    return Conversion(topics.rejected, records.task_key(task_id), value, rejection=reason_class(reason))
 
 
 class AckWindow:

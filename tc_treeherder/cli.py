@@ -1,6 +1,7 @@
 """The ``tc-treeherder`` command: one entry point, one subcommand module per job.
 
-Each module in ``tc_treeherder.commands`` exposes ``HELP`` (one line), ``EPILOG`` (examples),
+Each command module (``tc_treeherder.commands`` for the product, ``devtools.commands`` for the development
+commands, present only in a source checkout) exposes ``HELP`` (one line), ``EPILOG`` (examples),
 ``add_arguments(parser)`` and ``run(args, settings) -> int``. Heavy imports stay inside ``run`` so that
 ``--help`` and the light commands start fast.
 """
@@ -13,23 +14,24 @@ import logging
 import sys
 from types import ModuleType
 
-from tc_treeherder.settings import SettingsError, load_settings
+from streams.shared.settings import SettingsError, load_settings
 
-# Subcommand name -> module under tc_treeherder.commands, in the order --help lists them.
+# Subcommand name -> its module, in the order --help lists them. Development commands load only where the
+# dev tooling is present (a source checkout); an installed wheel lists the product's commands alone.
 COMMANDS: dict[str, str] = {
-    "up": "stack_up",
-    "down": "stack_down",
-    "demo": "demo",
-    "source": "source",
-    "worker": "worker",
-    "sink": "sink",
-    "transform": "transform",
-    "simulate": "simulate",
-    "queue-standin": "queue_standin",
-    "replay": "replay",
-    "inspect": "inspect",
-    "explain": "explain",
-    "status": "status",
+    "up": "devtools.commands.stack_up",
+    "down": "devtools.commands.stack_down",
+    "demo": "devtools.commands.demo",
+    "source": "tc_treeherder.commands.source",
+    "worker": "tc_treeherder.commands.worker",
+    "sink": "tc_treeherder.commands.sink",
+    "transform": "tc_treeherder.commands.transform",
+    "simulate": "devtools.commands.simulate",
+    "queue-standin": "devtools.commands.queue_standin",
+    "replay": "tc_treeherder.commands.replay",
+    "inspect": "tc_treeherder.commands.inspect",
+    "explain": "tc_treeherder.commands.explain",
+    "status": "tc_treeherder.commands.status",
 }
 
 EXIT_OK = 0
@@ -37,13 +39,12 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
-def _load(module_name: str) -> ModuleType | None:
-    qualified = f"tc_treeherder.commands.{module_name}"
+def _load(qualified: str) -> ModuleType | None:
     try:
         return importlib.import_module(qualified)
     except ModuleNotFoundError as error:
-        if error.name == qualified:
-            return None  # not built yet in this version
+        if qualified.startswith(f"{error.name}.") or error.name == qualified:
+            return None  # a development command outside a source checkout
         raise
 
 

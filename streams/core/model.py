@@ -136,3 +136,9 @@ class Rejected:
 
 
 Outcome = Jobs | Ignored | Rejected
+
+
+def reason_class(reason: str) -> str:
+    """A reason's group for counting: the text before the first colon ("task not found", ...), at most 80
+    characters. Metrics, reports and the status page all count reasons by this."""
+    return reason.split(":", 1)[0][:80]

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
 
 DEFAULT_PROFILE = "treeherder"
+# The route prefixes Taskcluster deployments use for Treeherder; settings default to these.
+DEFAULT_ROUTE_PREFIXES: tuple[str, ...] = ("tc-treeherder", "tc-treeherder-staging")
 
 
 def _frozen(mapping: Mapping[str, str] | None = None) -> Mapping[str, str]:
@@ -23,7 +24,7 @@ class Rules:
     ``destination_profiles`` names the message format per prefix (default ``treeherder``, the pulse-job form).
     """
 
-    route_prefixes: tuple[str, ...] = ("tc-treeherder", "tc-treeherder-staging")
+    route_prefixes: tuple[str, ...] = DEFAULT_ROUTE_PREFIXES
     destination_names: Mapping[str, str] = field(default_factory=_frozen)
     disabled_prefixes: frozenset[str] = frozenset()
     destination_profiles: Mapping[str, str] = field(default_factory=_frozen)
@@ -45,23 +46,3 @@ class Rules:
 
     def profile(self, prefix: str) -> str:
         return self.destination_profiles.get(prefix, DEFAULT_PROFILE)
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> Rules:
-        """Rules from ``Settings`` (duck-typed: ``route_prefixes`` and ``destinations``)."""
-        destinations = tuple(getattr(settings, "destinations", ()) or ())
-        from streams.core.profiles import PROFILES  # the profile registry depends on the job builders
-
-        for destination in destinations:
-            profile = getattr(destination, "profile", DEFAULT_PROFILE)
-            if profile not in PROFILES:
-                raise ValueError(
-                    f"destination {destination.name!r} asks for message profile {profile!r}; "
-                    f"this version builds only {sorted(PROFILES)}"
-                )
-        return cls(
-            route_prefixes=tuple(settings.route_prefixes),
-            destination_names={d.route_prefix: d.name for d in destinations},
-            disabled_prefixes=frozenset(d.route_prefix for d in destinations if not d.enabled),
-            destination_profiles={d.route_prefix: getattr(d, "profile", DEFAULT_PROFILE) for d in destinations},
-        )

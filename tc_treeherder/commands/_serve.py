@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from tc_treeherder.settings import Settings
+from streams.shared.settings import Settings
 
 
 def serve_connector(settings: Settings, name: str, make: Callable[[], Any], loglevel: str) -> int:
@@ -15,7 +15,7 @@ def serve_connector(settings: Settings, name: str, make: Callable[[], Any], logl
 
     Exit status 1 when the topics cannot be used as they are (e.g. another partition count).
     """
-    from streams.topics import TopicError, ensure_topics
+    from streams.shared.topics import TopicError, ensure_topics
     from tc_treeherder.observability.web import metrics_server
 
     logging.getLogger("connectors").setLevel(loglevel.upper())

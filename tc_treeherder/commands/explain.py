@@ -111,11 +111,11 @@ def _read_documents(target: str) -> list[tuple[str, Any]]:
 async def _explain(args: argparse.Namespace, settings: Any, root_url: str, documents: list[tuple[str, Any]],
                    is_file: bool) -> list[Any]:
     from streams.core.rules import Rules
-    from streams.pipeline import QueueLookup
-    from streams.queue_api import QueueClient
+    from streams.taskcluster.lookup import QueueLookup
+    from streams.taskcluster.queue_client import QueueClient
     from tc_treeherder.observability import explain
 
-    rules = Rules.from_settings(settings)
+    rules = settings.rules()
     prefix = settings.task_exchange_prefix
     client = QueueClient(timeout=settings.queue_timeout, retries=min(settings.queue_retries, 2))
     lookup = QueueLookup(client, memo=True)
@@ -164,7 +164,7 @@ async def read_task_events(settings: Any, task_id: str, wait: float = 30.0) -> l
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.partitioner import DefaultPartitioner
 
-    from tc_treeherder.kafka_config import kafka_client_kwargs
+    from streams.shared.kafka_config import kafka_client_kwargs
     from tc_treeherder.observability.explain import NotJson
 
     topic = settings.topic("task-events")

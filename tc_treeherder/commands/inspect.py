@@ -272,6 +272,6 @@ async def _inspect(args: argparse.Namespace, settings: Any, targets: dict[str, l
 
 
 def _public(url: str) -> str:
-    from tc_treeherder.stack.rabbitmq import public_url
+    from streams.shared.redact import public_url
 
     return public_url(url)

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import sys
 
-from tc_treeherder.settings import Settings
+from streams.shared.settings import Settings
 
 HELP = "Re-run a range of task events (or rejected ones) through the current transform and re-emit the jobs."
 EPILOG = """examples:
@@ -55,8 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from aiokafka.errors import KafkaError
 
-    from streams.replay import Replay, ReplayOptions
-    from streams.replay_plan import ReplayUsageError, epoch_ms, parse_offsets, parse_time, select
+    from streams.replay.plan import ReplayUsageError, epoch_ms, parse_offsets, parse_time, select
+    from streams.replay.runner import Replay, ReplayOptions
 
     try:
         by_time, by_offset = bool(args.since or args.until), bool(args.from_offsets or args.to_offsets)

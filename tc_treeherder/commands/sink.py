@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tc_treeherder.settings import Settings
+from streams.shared.settings import Settings
 
 HELP = "Run the Pulse sink: job messages from Kafka to each destination's jobs exchange."
 EPILOG = """examples:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tc_treeherder.settings import Settings
+from streams.shared.settings import Settings
 
 HELP = "Run the Pulse source: task events from a durable Pulse queue into Kafka."
 EPILOG = """examples:

@@ -69,10 +69,10 @@ async def _transform(source: IO[bytes], root_url: str, settings: Any) -> None:
     import stat
 
     from streams.core.rules import Rules
-    from streams.pipeline import QueueLookup
-    from streams.queue_api import QueueClient
+    from streams.taskcluster.lookup import QueueLookup
+    from streams.taskcluster.queue_client import QueueClient
 
-    rules = Rules.from_settings(settings)
+    rules = settings.rules()
     client = QueueClient(timeout=settings.queue_timeout, retries=settings.queue_retries)
     lookup = QueueLookup(client, memo=True)
     # A regular file never blocks; a pipe or terminal is read in a thread so answers keep flowing meanwhile.
@@ -104,8 +104,8 @@ async def _one_line(number: int, line: bytes, lookup: Any, rules: Any,
     import orjson
 
     from streams.core.model import Ignored, Jobs, Rejected, Stage
-    from streams.pipeline import process
-    from streams.queue_api import QueueUnavailable
+    from streams.taskcluster.lookup import process
+    from streams.taskcluster.queue_client import QueueUnavailable
 
     try:
         raw = orjson.loads(line)

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import logging
 
-from tc_treeherder.settings import Settings
+from streams.shared.settings import Settings
 
 HELP = "Run a stream worker: task events in, job messages and rejected events out."
 EPILOG = """examples:
@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from faust import Worker
 
-    from streams.app import create_worker
-    from streams.topics import ensure_topics
+    from streams.shared.topics import ensure_topics
+    from streams.worker.app import create_worker
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

@@ -45,8 +45,8 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
+from streams.shared.tally import LatencyTally
 from tc_treeherder.observability.lag import LagMonitor
-from tc_treeherder.observability.tally import LatencyTally
 
 PREFIX = "tc_treeherder_"
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4

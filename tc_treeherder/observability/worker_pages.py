@@ -15,10 +15,10 @@ from typing import Any
 
 import aiohttp
 
+from streams.shared.settings import Settings
 from tc_treeherder.observability import status as status_module
 from tc_treeherder.observability.lag import LagMonitor, RecentRejections, all_groups
 from tc_treeherder.observability.metrics import CONTENT_TYPE, LagCollector, WorkerCollector, build_registry, render
-from tc_treeherder.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -99,17 +99,17 @@ class WorkerObservability:
     def queue_client(self) -> Any:
         """A Queue client of the page's own (the explain page must not skew the worker's statistics)."""
         if self._queue is None:
-            from streams.queue_api import QueueClient
+            from streams.taskcluster.queue_client import QueueClient
 
             self._queue = QueueClient(timeout=self.settings.queue_timeout, retries=1)
         return self._queue
 
     async def explain(self, task_id: str) -> dict[str, Any]:
         from streams.core.rules import Rules
-        from streams.pipeline import QueueLookup
+        from streams.taskcluster.lookup import QueueLookup
         from tc_treeherder.observability.explain import explain_task_id
 
-        rules = Rules.from_settings(self.settings)
+        rules = self.settings.rules()
         result = await explain_task_id(task_id, QueueLookup(self.queue_client()), rules,
                                        self.settings.taskcluster_root_url, self.settings.task_exchange_prefix)
         return result.to_json()

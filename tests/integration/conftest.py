@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tc_treeherder.settings import Settings, load_settings
-from tc_treeherder.stack import StackError
-from tc_treeherder.stack.shared import Brokers, shared_brokers
+from devtools.stack import StackError
+from devtools.stack.shared import Brokers, shared_brokers
+from streams.shared.settings import Settings, load_settings
 
 
 def _test_state_dir() -> Path:

@@ -11,8 +11,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pamqp.commands import Basic
 
-from tc_treeherder.stack import kafka, probe, rabbitmq
-from tc_treeherder.stack.shared import Brokers
+from devtools.stack import kafka, probe, rabbitmq
+from devtools.stack.shared import Brokers
 
 
 async def test_kafka_round_trip_with_acks_all(brokers: Brokers, namespace: str) -> None:

@@ -30,12 +30,12 @@ import orjson
 import pytest
 import slugid
 
-from streams.topics import ensure_topics
-from tc_treeherder.devtools.queue_standin import QueueStandIn
-from tc_treeherder.settings import Settings, load_settings
-from tc_treeherder.stack.shared import Brokers
+from devtools.factories import REVISION, make_artifacts, make_config, make_envelope, make_event, make_task
+from devtools.queue_standin import QueueStandIn
+from devtools.stack.shared import Brokers
+from streams.shared.settings import Settings, load_settings
+from streams.shared.topics import ensure_topics
 from tests.integration.test_worker import produce, read_topic
-from tests.unit.core.factories import REVISION, make_artifacts, make_config, make_envelope, make_event, make_task
 
 pytestmark = pytest.mark.integration
 

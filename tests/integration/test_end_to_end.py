@@ -15,19 +15,19 @@ from typing import Any
 import pytest
 import slugid
 
-from streams.state_guard import STATE_RANK
-from streams.topics import ensure_topics
-from tc_treeherder.devtools.harness import (
+from devtools.harness import (
     InProcessRegistrar,
     JobObserver,
     LocalPipeline,
     expected_job_count,
     wait_for_consumer,
 )
-from tc_treeherder.devtools.publisher import PulsePublisher, publish_workload
-from tc_treeherder.devtools.queue_standin import QueueStandIn
-from tc_treeherder.devtools.workload import WorkloadOptions, iter_groups
-from tc_treeherder.settings import Settings, load_settings
+from devtools.publisher import PulsePublisher, publish_workload
+from devtools.queue_standin import QueueStandIn
+from devtools.workload import WorkloadOptions, iter_groups
+from streams.core.state_guard import STATE_RANK
+from streams.shared.settings import Settings, load_settings
+from streams.shared.topics import ensure_topics
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks.faults_lab import FaultSpec, Lab, catalogue, queue_api, run_scenario
-from streams.app import BATCH_SIZE, IN_FLIGHT
-from tc_treeherder.settings import load_settings
-from tc_treeherder.stack.shared import Brokers
+from devtools.stack.shared import Brokers
+from streams.shared.settings import load_settings
+from streams.worker.app import BATCH_SIZE, IN_FLIGHT
 
 # Small windows make the duplicate bound tight enough to catch a replay of the whole stream.
 PREFETCH = 200

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.gaps import OffsetWatch
-from streams.topics import ensure_topics
+from streams.shared.topics import ensure_topics
+from streams.worker.gaps import OffsetWatch
 
 
 async def partition_zero_with(settings, events: int, committed: int) -> tuple[str, str]:

@@ -10,7 +10,7 @@ import sys
 import aio_pika
 import pytest
 
-from tc_treeherder.settings import Settings
+from streams.shared.settings import Settings
 from tests.unit.test_inspect import job
 
 COMMAND = [sys.executable, "-m", "tc_treeherder.cli", "inspect"]

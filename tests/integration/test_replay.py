@@ -22,9 +22,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from connectors.pulse_sink import PulseSink
-from streams.topics import ensure_topics
-from tc_treeherder.devtools.queue_standin import QueueStandIn
-from tc_treeherder.settings import Settings, load_settings
+from devtools.queue_standin import QueueStandIn
+from streams.shared.settings import Settings, load_settings
+from streams.shared.topics import ensure_topics
 from tests.integration.test_destinations import (
     REPO,
     add_tasks,

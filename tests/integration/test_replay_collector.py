@@ -9,11 +9,11 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.replay import Replay, ReplayOptions
-from streams.replay_plan import select
-from streams.topics import ensure_topics
-from tc_treeherder.settings import Settings
-from tests.unit.core.factories import make_envelope, make_event
+from devtools.factories import make_envelope, make_event
+from streams.replay.plan import select
+from streams.replay.runner import Replay, ReplayOptions
+from streams.shared.settings import Settings
+from streams.shared.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 

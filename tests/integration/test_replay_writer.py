@@ -13,9 +13,9 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.replay import JobWriter
-from streams.topics import ensure_topics
-from tc_treeherder.settings import Settings
+from streams.replay.runner import JobWriter
+from streams.shared.settings import Settings
+from streams.shared.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ Two workers share six partitions (RocksDB tables, so a task whose events and tab
 different partitions would miss its cached definition and state-guard entry); a third worker joins while the
 workload flows, then one of the first two is stopped with SIGTERM. Every expected job must reach the jobs
 exchange, every run must end in its final state, and no run's messages may step back to a state it already
-had (a job that an earlier pass missed may arrive after its run's later states; see streams/state_guard.py).
+had (a job that an earlier pass missed may arrive after its run's later states; see streams/core/state_guard.py).
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import KafkaError
 
-from streams.topics import TABLES, changelog_topic, ensure_topics
-from tc_treeherder.devtools.harness import (
+from devtools.harness import (
     InProcessRegistrar,
     JobObserver,
     LocalPipeline,
@@ -29,10 +28,11 @@ from tc_treeherder.devtools.harness import (
     wait_for_consumer,
     wait_settled,
 )
-from tc_treeherder.devtools.publisher import PulsePublisher, publish_workload
-from tc_treeherder.devtools.queue_standin import QueueStandIn
-from tc_treeherder.devtools.workload import WorkloadOptions, iter_groups
-from tc_treeherder.settings import Settings, load_settings
+from devtools.publisher import PulsePublisher, publish_workload
+from devtools.queue_standin import QueueStandIn
+from devtools.workload import WorkloadOptions, iter_groups
+from streams.shared.settings import Settings, load_settings
+from streams.shared.topics import TABLES, changelog_topic, ensure_topics
 
 PARTITIONS = 6
 EVENTS = 6000
@@ -152,6 +152,6 @@ async def test_adding_and_removing_workers_mid_stream_loses_and_reorders_nothing
     assert result.lost == 0, f"{result.lost} of {result.expected_jobs} jobs lost: {result.examples}"
     assert result.wrong_final == 0, f"{result.wrong_final} runs not in their final state: {result.examples[:2]}"
     # Faust's consumer can skip a record around a rebalance and a later owner read it again; the state guard
-    # then lets its job out after the run's later states (streams/state_guard.py) rather than lose it. Such a
+    # then lets its job out after the run's later states (streams/core/state_guard.py) rather than lose it. Such a
     # late job is the only step back allowed: never a state the exchange had already seen.
     assert result.backward_steps == result.late_jobs, f"a run went back to a state it had: {result.examples}"

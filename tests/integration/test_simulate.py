@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tc_treeherder.devtools.publisher import (
+from devtools.publisher import (
     BrokerUnavailable,
     Pacer,
     PulsePublisher,
@@ -29,8 +29,8 @@ from tc_treeherder.devtools.publisher import (
     StandInUnavailable,
     publish_workload,
 )
-from tc_treeherder.devtools.queue_standin import QueueStandIn
-from tc_treeherder.devtools.workload import KINDS, WorkloadOptions, event_kind, generate, iter_groups
+from devtools.queue_standin import QueueStandIn
+from devtools.workload import KINDS, WorkloadOptions, event_kind, generate, iter_groups
 
 BINDING = "route.tc-treeherder.#"
 

@@ -19,11 +19,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from connectors.pulse_sink import PulseSink
-from streams import records
+from devtools.stack.shared import Brokers
 from streams.core.model import JobMessage
-from streams.topics import ensure_topics, sink_group
-from tc_treeherder.settings import Destination, Settings
-from tc_treeherder.stack.shared import Brokers
+from streams.shared import records
+from streams.shared.settings import Destination, Settings
+from streams.shared.topics import ensure_topics, sink_group
 
 pytestmark = pytest.mark.integration
 

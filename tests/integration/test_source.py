@@ -16,9 +16,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from connectors.pulse_source import PulseSource
-from streams import records
-from streams.topics import ensure_topics
-from tc_treeherder.settings import Settings
+from streams.shared import records
+from streams.shared.settings import Settings
+from streams.shared.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from streams import records
-from streams.topics import ensure_topics
-from tc_treeherder.settings import Settings
+from streams.shared import records
+from streams.shared.settings import Settings
+from streams.shared.topics import ensure_topics
 from tests.integration.test_source import (
     REVISION,
     primary_key,

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams import records
-from streams.topics import ensure_topics
+from streams.shared import records
+from streams.shared.settings import Settings
+from streams.shared.topics import ensure_topics
 from tc_treeherder.observability.lag import LagMonitor, all_groups, read_recent_rejections
-from tc_treeherder.settings import Settings
 
 
 async def fill(settings: Settings) -> None:

@@ -21,13 +21,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from streams.topics import ensure_topics
-from tc_treeherder.devtools.harness import terminate
-from tc_treeherder.devtools.queue_standin import QueueStandIn
-from tc_treeherder.settings import Settings
-from tc_treeherder.stack.process import file_lock
+from devtools.factories import make_artifacts, make_config, make_envelope, make_event, make_task
+from devtools.harness import terminate
+from devtools.queue_standin import QueueStandIn
+from devtools.stack.process import file_lock
+from streams.shared.settings import Settings
+from streams.shared.topics import ensure_topics
 from tests.integration.test_worker import produce
-from tests.unit.core.factories import make_artifacts, make_config, make_envelope, make_event, make_task
 
 GOOD = ["JXCKWMboSA67pGalSfg3og", "ZShxu3oeTb6vA3genPZZ3g", "B3EheQ-IQ5aPzw34KS_a6g"]
 BAD = "fQ3mh2ctQmeq2nOXDB2Hfw"

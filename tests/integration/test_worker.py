@@ -17,12 +17,12 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.state_guard import STATE_RANK
-from streams.topics import ensure_topics
-from tc_treeherder.devtools.harness import terminate
-from tc_treeherder.devtools.queue_standin import QueueStandIn
-from tc_treeherder.settings import Settings
-from tests.unit.core.factories import make_artifacts, make_envelope, make_event, make_task
+from devtools.factories import make_artifacts, make_envelope, make_event, make_task
+from devtools.harness import terminate
+from devtools.queue_standin import QueueStandIn
+from streams.core.state_guard import STATE_RANK
+from streams.shared.settings import Settings
+from streams.shared.topics import ensure_topics
 
 TASKS = ["JXCKWMboSA67pGalSfg3og", "ZShxu3oeTb6vA3genPZZ3g", "B3EheQ-IQ5aPzw34KS_a6g"]
 MISSING = "fQ3mh2ctQmeq2nOXDB2Hfw"

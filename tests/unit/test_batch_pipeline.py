@@ -7,8 +7,8 @@ from typing import NoReturn
 
 import pytest
 
-from streams.batch_pipeline import BatchPipeline
-from streams.inbox import Inbox
+from streams.worker.batch_pipeline import BatchPipeline
+from streams.worker.inbox import Inbox
 
 
 class Stopped(Exception):

@@ -8,13 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.core.rules import Rules
-from streams.pipeline import QueueLookup
-from streams.queue_api import QueueClient
-from tc_treeherder import cli
-from tc_treeherder.devtools.queue_standin import QueueStandIn
-from tc_treeherder.observability.explain import explain_definition, explain_task_id
-from tests.unit.core.factories import (
+from devtools.factories import (
     REVISION,
     TASK_ID,
     make_artifacts,
@@ -23,6 +17,12 @@ from tests.unit.core.factories import (
     make_event,
     make_task,
 )
+from devtools.queue_standin import QueueStandIn
+from streams.core.rules import Rules
+from streams.taskcluster.lookup import QueueLookup
+from streams.taskcluster.queue_client import QueueClient
+from tc_treeherder import cli
+from tc_treeherder.observability.explain import explain_definition, explain_task_id
 
 PREFIX = "exchange/taskcluster-queue/v1/"
 MISSING = "fQ3mh2ctQmeq2nOXDB2Hfw"

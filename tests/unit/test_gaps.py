@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from streams.gaps import Gap, OffsetWatch
-from tc_treeherder.settings import load_settings
+from streams.shared.settings import load_settings
+from streams.worker.gaps import Gap, OffsetWatch
 
 
 def watch(**expected: int) -> OffsetWatch:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from devtools.factories import REVISION, TASK_ID, make_event
 from tc_treeherder.commands.inspect import describe_job, describe_task_event, matches, pretty, route_project
-from tests.unit.core.factories import REVISION, TASK_ID, make_event
 
 JOBS = "exchange/taskcluster-treeherder/v1/jobs"
 PREFIXES = ("tc-treeherder", "tc-treeherder-staging")

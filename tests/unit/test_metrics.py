@@ -11,8 +11,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.pulse_sink import DestinationCounts, SinkCounts
 from connectors.pulse_source import SourceCounts
-from streams.processor import Counts
-from streams.queue_api import QueueStats
+from streams.shared.tally import LatencyTally
+from streams.taskcluster.queue_client import QueueStats
+from streams.worker.processor import Counts
 from tc_treeherder.observability.lag import GroupLag, LagReport, PartitionLag, TopicOffsets, WatchedGroup
 from tc_treeherder.observability.metrics import (
     LagCollector,
@@ -22,7 +23,6 @@ from tc_treeherder.observability.metrics import (
     build_registry,
     render,
 )
-from tc_treeherder.observability.tally import LatencyTally
 from tc_treeherder.observability.web import MetricsServer
 
 

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
+from devtools.factories import ROOT_URL, TASK_ID, make_artifacts, make_envelope, make_event, make_task
+from devtools.queue_standin import Fault, QueueStandIn
 from streams.core.model import Ignored, Jobs, Rejected, Stage
 from streams.core.rules import Rules
-from streams.pipeline import QueueLookup, process
-from streams.queue_api import QueueClient, QueueError, QueueRefused, QueueUnavailable, TaskNotFound
-from tc_treeherder.devtools.queue_standin import Fault, QueueStandIn
-from tests.unit.core.factories import ROOT_URL, TASK_ID, make_artifacts, make_envelope, make_event, make_task
+from streams.taskcluster.lookup import QueueLookup, process
+from streams.taskcluster.queue_client import QueueClient, QueueError, QueueRefused, QueueUnavailable, TaskNotFound
 
 RULES = Rules()
 

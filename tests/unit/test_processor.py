@@ -12,12 +12,12 @@ from typing import Any
 import orjson
 import pytest
 
+from devtools.factories import TASK_ID, make_artifacts, make_envelope, make_event, make_task
+from devtools.queue_standin import Fault, QueueStandIn
 from streams.core.rules import Rules
-from streams.processor import EventProcessor, RetryPolicy, SourceEvent, WorkerStopping
-from streams.queue_api import QueueClient
-from streams.state_guard import GuardEntry
-from tc_treeherder.devtools.queue_standin import Fault, QueueStandIn
-from tests.unit.core.factories import TASK_ID, make_artifacts, make_envelope, make_event, make_task
+from streams.core.state_guard import GuardEntry
+from streams.taskcluster.queue_client import QueueClient
+from streams.worker.processor import EventProcessor, RetryPolicy, SourceEvent, WorkerStopping
 
 
 class DictState:

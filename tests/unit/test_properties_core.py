@@ -17,14 +17,14 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams import records
+from devtools.factories import ROOT_URL, make_artifacts, make_config, make_envelope, make_event, make_task
 from streams.core.envelope import parse_envelope
 from streams.core.model import Ignored, Jobs, Rejected, TaskEvent
 from streams.core.rules import Rules
 from streams.core.schemas import load_schema
 from streams.core.transform import transform
+from streams.shared import records
 from tests.conftest import PROPERTY_CASES
-from tests.unit.core.factories import ROOT_URL, make_artifacts, make_config, make_envelope, make_event, make_task
 
 KINDS = ("defined", "pending", "running", "completed", "failed", "exception")
 REFERENCE = jsonschema.Draft7Validator(load_schema("pulse-job"))

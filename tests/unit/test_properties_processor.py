@@ -22,14 +22,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams import records
+from devtools.factories import make_artifacts, make_envelope, make_event, make_task
+from devtools.queue_standin import QueueStandIn
 from streams.core.rules import Rules
-from streams.processor import EventProcessor, RetryPolicy, SourceEvent
-from streams.queue_api import QueueClient
-from streams.state_guard import GuardEntry
-from tc_treeherder.devtools.queue_standin import QueueStandIn
+from streams.core.state_guard import GuardEntry
+from streams.shared import records
+from streams.taskcluster.queue_client import QueueClient
+from streams.worker.processor import EventProcessor, RetryPolicy, SourceEvent
 from tests.conftest import PROPERTY_CASES
-from tests.unit.core.factories import make_artifacts, make_envelope, make_event, make_task
 from tests.unit.test_properties_core import REFERENCE, bodies, broken, tasks
 
 TASK_IDS = ("B3EheQ-IQ5aPzw34KS_a6g", "JXCKWMboSA67pGalSfg3og", "ZShxu3oeTb6vA3genPZZ3g", "fqKyfd4DTYOyqm9ehF5pkw")

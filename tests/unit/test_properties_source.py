@@ -13,11 +13,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from connectors.pulse_source import convert_body
-from streams import records
-from streams.topics import TopicNames, max_record_bytes
-from tc_treeherder.settings import Settings
+from devtools.factories import make_event
+from streams.shared import records
+from streams.shared.settings import Settings
+from streams.shared.topics import TopicNames, max_record_bytes
 from tests.conftest import PROPERTY_CASES
-from tests.unit.core.factories import make_event
 from tests.unit.test_properties_core import bodies, broken
 
 SETTINGS = Settings(max_body_bytes=64 * 1024)

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from streams.queue_api import QueueClient, QueueRefused, QueueUnavailable, TaskNotFound
-from tc_treeherder.devtools.queue_standin import Fault, QueueStandIn
+from devtools.queue_standin import Fault, QueueStandIn
+from streams.taskcluster.queue_client import QueueClient, QueueRefused, QueueUnavailable, TaskNotFound
 
 TASK_ID = "fUAV5m0qQ4K9Gl8RIVYpVw"
 DEFINITION = {"metadata": {"name": "build-linux64/opt"}, "routes": ["tc-treeherder.v2.try.abc.1"]}

@@ -13,7 +13,7 @@ import time
 import aiohttp
 import pytest
 
-from tc_treeherder.devtools.queue_standin import QueueStandIn
+from devtools.queue_standin import QueueStandIn
 
 TASK_ID = "Xq1Y3b8kQ9eXbX0y7b9xzg"
 

@@ -8,8 +8,8 @@ import hashlib
 import orjson
 import pytest
 
-from streams import records
 from streams.core.model import JobMessage
+from streams.shared import records
 
 BODY = {"version": 1, "status": {"taskId": "fN1SbArUTy2W8tyAFc4KaA", "runs": []}, "runId": 0}
 

@@ -7,11 +7,11 @@ import io
 import orjson
 import pytest
 
+from devtools.factories import make_artifacts, make_envelope, make_event, make_task
 from streams.core.model import Jobs, Rejected, Stage
-from streams.replay import Replay, ReplayLookup, ReplayOptions, _Input
-from streams.replay_plan import ReplayReport, select
-from tc_treeherder.settings import load_settings
-from tests.unit.core.factories import make_artifacts, make_envelope, make_event, make_task
+from streams.replay.plan import ReplayReport, select
+from streams.replay.runner import Replay, ReplayLookup, ReplayOptions, _Input
+from streams.shared.settings import load_settings
 
 TASK_ID = "fN1SbArXTPSVFNUvaOlinQ"
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from streams.core.model import JobMessage
-from streams.replay_plan import (
+from streams.replay.plan import (
     LocalGuard,
     PartitionRange,
     ReplayReport,
@@ -21,7 +21,7 @@ from streams.replay_plan import (
     route_prefix,
     select,
 )
-from tc_treeherder.settings import load_settings
+from streams.shared.settings import load_settings
 
 LOW = {0: 10, 1: 0}
 HIGH = {0: 100, 1: 50}

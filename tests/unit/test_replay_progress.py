@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from streams.replay import Progress
+from streams.replay.runner import Progress
 
 
 class Terminal(io.StringIO):

@@ -13,12 +13,12 @@ import orjson
 import pytest
 
 from connectors.pulse_source import convert_body
-from streams import records
-from streams.topics import TopicNames
-from tc_treeherder.devtools.queue_standin import QueueStandIn
-from tc_treeherder.kafka_config import faust_broker_credentials, kafka_client_kwargs
-from tc_treeherder.redact import redact_text, redact_url
-from tc_treeherder.settings import Settings, SettingsError, load_settings
+from devtools.queue_standin import QueueStandIn
+from streams.shared import records
+from streams.shared.kafka_config import faust_broker_credentials, kafka_client_kwargs
+from streams.shared.redact import redact_text, redact_url
+from streams.shared.settings import Settings, SettingsError, load_settings
+from streams.shared.topics import TopicNames
 
 PASSWORD = "s3cr3t-Pa55"
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,7 +114,7 @@ def test_every_kafka_client_of_the_service_is_built_from_kafka_client_kwargs():
                 if isinstance(node, ast.Call) and any(k.arg == "bootstrap_servers" for k in node.keywords):
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert offenders == []
-    assert "broker_credentials=faust_broker_credentials(settings)" in (ROOT / "streams" / "app.py").read_text()
+    assert "broker_credentials=faust_broker_credentials(settings)" in (ROOT / "streams" / "worker" / "app.py").read_text()
 
 
 def test_http_endpoints_bind_to_loopback_by_default():

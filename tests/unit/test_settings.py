@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tc_treeherder.settings import DEFAULT_JOBS_EXCHANGE, SettingsError, load_settings
+from streams.shared.settings import DEFAULT_JOBS_EXCHANGE, SettingsError, load_settings
 
 
 def write_toml(tmp_path: Path, text: str) -> Path:

@@ -12,7 +12,8 @@ from xml.etree import ElementTree
 
 import pytest
 
-from tc_treeherder.stack import kafka, probe, rabbitmq, shared
+from devtools.stack import kafka, probe, rabbitmq, shared
+from streams.shared.redact import public_url
 
 
 @pytest.fixture
@@ -135,9 +136,9 @@ def test_a_pid_file_pointing_at_another_program_is_ignored(node: kafka.KafkaNode
 
 
 def test_passwords_are_not_printed() -> None:
-    assert rabbitmq.public_url("amqp://guest:guest@localhost:5672/") == "amqp://guest@localhost:5672/"
-    assert rabbitmq.public_url("amqps://u:p@pulse.example/") == "amqps://u@pulse.example/"
-    assert rabbitmq.public_url("amqp://localhost/") == "amqp://localhost/"
+    assert public_url("amqp://guest:guest@localhost:5672/") == "amqp://guest@localhost:5672/"
+    assert public_url("amqps://u:p@pulse.example/") == "amqps://u@pulse.example/"
+    assert public_url("amqp://localhost/") == "amqp://localhost/"
 
 
 def test_the_last_live_lease_holder_is_the_one_that_stops(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.state_guard import GuardEntry, admit, recovered
+from streams.core.state_guard import GuardEntry, admit, recovered
 
 
 def job(state: str) -> dict[str, str]:

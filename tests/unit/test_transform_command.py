@@ -11,8 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tc_treeherder.devtools.queue_standin import Fault, QueueStandIn
-from tests.unit.core.factories import TASK_ID, make_artifacts, make_envelope, make_event, make_task
+from devtools.factories import TASK_ID, make_artifacts, make_envelope, make_event, make_task
+from devtools.queue_standin import Fault, QueueStandIn
 
 OTHER_TASK = "fUAV5m0qQ4K9Gl8RIVYpVw"  # not for Treeherder: no tc-treeherder route
 MISSING_TASK = "Xq1Y3b8kQ9eXbX0y7b9xzg"  # the stand-in does not know it

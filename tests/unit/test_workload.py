@@ -12,7 +12,7 @@ import orjson
 import pytest
 import yaml
 
-from tc_treeherder.devtools.workload import (
+from devtools.workload import (
     KINDS,
     QUEUE_PAGE_SIZE,
     Config,
@@ -23,7 +23,7 @@ from tc_treeherder.devtools.workload import (
     generate,
     iter_groups,
 )
-from tc_treeherder.settings import Settings
+from streams.shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO.parent / "shared" / "reference"

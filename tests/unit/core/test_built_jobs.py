@@ -14,6 +14,7 @@ import jsonschema
 from hypothesis import given
 from hypothesis import strategies as st
 
+from devtools.factories import make_config, make_event, make_task, parsed
 from streams.core.model import Jobs
 from streams.core.pulse_job import GUARANTEED, built_job_errors, trusting_schema
 from streams.core.rules import Rules
@@ -21,7 +22,6 @@ from streams.core.schemas import load_schema
 from streams.core.transform import transform
 from streams.core.validation import job_errors
 from tests.conftest import PROPERTY_CASES
-from tests.unit.core.factories import make_config, make_event, make_task, parsed
 from tests.unit.test_properties_core import bad_values, bodies, nasty_text
 
 JOB = load_schema("pulse-job")

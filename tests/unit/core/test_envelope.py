@@ -8,12 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from devtools.factories import ROOT_URL, TASK_ID, make_envelope, make_event
 from streams.core import envelope as envelope_module
 from streams.core.envelope import parse_envelope
 from streams.core.model import EventKind, Rejected, Stage, TaskEvent
 from streams.core.validation import envelope_check, event_check
 from tests.conftest import PROPERTY_CASES
-from tests.unit.core.factories import ROOT_URL, TASK_ID, make_envelope, make_event
 from tests.unit.test_properties_core import KINDS, bad_values, bodies, broken
 
 

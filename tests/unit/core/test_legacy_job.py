@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from devtools.factories import REVISION, TASK_UUID, make_artifacts, make_task, parsed
 from streams.core.legacy_job import legacy_job_errors
 from streams.core.model import Jobs, Rejected, Stage
 from streams.core.rules import Rules
 from streams.core.transform import transform
-from tests.unit.core.factories import REVISION, TASK_UUID, make_artifacts, make_task, parsed
 
 LEGACY = Rules(destination_profiles={"tc-treeherder": "legacy"})
 LOG = "public/logs/live_backing.log"

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.core.model import Ignored, Jobs, ListingFailed, Rejected, Stage
-from streams.core.rules import Rules
-from streams.core.transform import artifacts_run, preflight, transform
-from streams.core.validation import job_check
-from tests.unit.core.factories import (
+from devtools.factories import (
     CREATED,
     RESOLVED,
     REVISION,
@@ -24,6 +20,10 @@ from tests.unit.core.factories import (
     make_task,
     parsed,
 )
+from streams.core.model import Ignored, Jobs, ListingFailed, Rejected, Stage
+from streams.core.rules import Rules
+from streams.core.transform import artifacts_run, preflight, transform
+from streams.core.validation import job_check
 
 RULES = Rules()
 QUEUE = f"{ROOT_URL}/api/queue/v1/task/{TASK_ID}"

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from devtools.factories import make_artifacts, make_config, make_event, make_task, parsed
 from streams.core.model import Jobs
 from streams.core.rules import Rules
 from streams.core.transform import transform
 from streams.core.validation import config_check, config_errors, job_check, job_errors
-from tests.unit.core.factories import make_artifacts, make_config, make_event, make_task, parsed
 
 
 def _jobs():

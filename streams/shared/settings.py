@@ -1,0 +1,446 @@
+"""Every process's settings, read in one place.
+
+Precedence: built-in defaults, then an optional TOML file (``TC_TREEHERDER_CONFIG`` or ``--config``), then
+environment variables. The variable names are part of the public interface (see docs/configuration.md).
+A bad value stops the process at start with a message naming the setting and the form it expects.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from streams.core.profiles import PROFILES as _PROFILE_REGISTRY
+from streams.core.rules import DEFAULT_PROFILE, DEFAULT_ROUTE_PREFIXES, Rules
+from streams.shared.redact import MASK, redact_text, redact_url
+
+DEFAULT_JOBS_EXCHANGE = "exchange/taskcluster-treeherder/v1/jobs"
+DEFAULT_TASK_EXCHANGE_PREFIX = "exchange/taskcluster-queue/v1/"
+# The message profiles this version builds: the core's registry is their one home.
+PROFILES: tuple[str, ...] = tuple(_PROFILE_REGISTRY)
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot run with; the message names it and the expected form."""
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where the jobs of one route prefix go: a Pulse broker, an exchange and a message profile."""
+
+    route_prefix: str
+    name: str
+    pulse_url: str
+    exchange: str
+    enabled: bool = True
+    profile: str = "treeherder"
+
+    def routing_key(self, project: str) -> str:
+        return f"{self.name}.{project}._"
+
+    def __repr__(self) -> str:  # the Pulse URL may carry a password
+        return (f"Destination(route_prefix={self.route_prefix!r}, name={self.name!r}, "
+                f"pulse_url={redact_url(self.pulse_url)!r}, exchange={self.exchange!r}, enabled={self.enabled!r}, "
+                f"profile={self.profile!r})")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    kafka_bootstrap: str = "localhost:9092"
+    pulse_url: str = "amqp://guest:guest@localhost:5672/"
+    taskcluster_root_url: str = "https://firefox-ci-tc.services.mozilla.com"
+    namespace: str = ""
+    route_prefixes: tuple[str, ...] = DEFAULT_ROUTE_PREFIXES
+    destinations: tuple[Destination, ...] = ()
+    task_exchange_prefix: str = DEFAULT_TASK_EXCHANGE_PREFIX
+    partitions: int = 8
+    replication_factor: int = 1
+    events_retention_days: float = 30.0
+    queue_timeout: float = 10.0
+    queue_retries: int = 5
+    max_body_bytes: int = 1_048_576
+    store: str = "rocksdb://"
+    data_dir: Path = field(default_factory=lambda: _state_home() / "worker")
+    state_dir: Path = field(default_factory=lambda: _state_home())
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    source_web_port: int = 0  # /metrics and /healthz of the source; 0: off
+    sink_web_port: int = 0  # /metrics and /healthz of the sink; 0: off
+    source_prefetch: int = 500
+    sink_max_in_flight: int = 1000
+    # Kafka security (see docs/security.md); streams/kafka_config.py turns these into client arguments.
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    kafka_ssl_cafile: str = ""
+
+    def redacted(self) -> dict[str, Any]:
+        """Every setting by name, fit to show (status page, logs): URL passwords and secrets masked."""
+        shown: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if name in SECRET_FIELDS:
+                value = MASK if value else ""
+            elif name == "destinations":
+                value = [{"route_prefix": d.route_prefix, "name": d.name, "pulse_url": redact_url(d.pulse_url),
+                          "exchange": d.exchange, "enabled": d.enabled, "profile": d.profile} for d in value]
+            elif isinstance(value, str):
+                value = redact_url(value)
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            shown[name] = value
+        return shown
+
+    def secrets(self) -> tuple[str, ...]:
+        """The secret values themselves, for ``redact_text`` over messages that might quote them."""
+        return tuple(value for value in (self.kafka_sasl_password,) if value)
+
+    def __repr__(self) -> str:
+        return "Settings(" + ", ".join(f"{name}={value!r}" for name, value in self.redacted().items()) + ")"
+
+    # Names under the namespace: several instances may share one pair of brokers.
+
+    def topic(self, base: str) -> str:
+        """Kafka topic (and consumer group) name for ``base``, e.g. ``task-events``."""
+        return f"{self.namespace}.tc-treeherder.{base}" if self.namespace else f"tc-treeherder.{base}"
+
+    @property
+    def app_id(self) -> str:
+        """Faust application id: prefixes the worker's consumer group and table changelogs."""
+        return f"{self.namespace}.tc-treeherder" if self.namespace else "tc-treeherder"
+
+    def pulse_queue(self, base: str) -> str:
+        """A durable Pulse queue, ``queue/<user>/<namespace>/<base>`` as Pulse's permissions expect."""
+        user = urlsplit(self.pulse_url).username or "guest"
+        middle = f"{self.namespace}/" if self.namespace else ""
+        return f"queue/{user}/{middle}tc-treeherder/{base}"
+
+    def task_exchange(self, kind: str) -> str:
+        """The Queue's exchange for one event kind (defined, pending, running, ...)."""
+        return f"{self.task_exchange_prefix}task-{kind}"
+
+    def rules(self) -> Rules:
+        """The deployment's choices the pure core depends on: route prefixes, destination names, switches and
+        profiles. Profiles were checked against the core's registry when the settings were loaded."""
+        return Rules(
+            route_prefixes=self.route_prefixes,
+            destination_names={d.route_prefix: d.name for d in self.destinations},
+            disabled_prefixes=frozenset(d.route_prefix for d in self.destinations if not d.enabled),
+            destination_profiles={d.route_prefix: d.profile for d in self.destinations},
+        )
+
+    def destination_for(self, route_prefix: str) -> Destination:
+        for destination in self.destinations:
+            if destination.route_prefix == route_prefix:
+                return destination
+        raise KeyError(route_prefix)
+
+    @property
+    def kafka_host_port(self) -> tuple[str, int]:
+        first = self.kafka_bootstrap.split(",")[0]
+        host, _, port = first.rpartition(":")
+        return host or "localhost", int(port)
+
+    @property
+    def pulse_host_port(self) -> tuple[str, int]:
+        parts = urlsplit(self.pulse_url)
+        default = 5671 if parts.scheme == "amqps" else 5672
+        return parts.hostname or "localhost", parts.port or default
+
+
+SECRET_FIELDS = frozenset({"kafka_sasl_password"})
+# Variables whose value may be given as a file instead (``<VARIABLE>_FILE=/run/secrets/...``), as container
+# platforms mount secrets; destination Pulse URLs (TC_TREEHERDER_DESTINATION_<PREFIX>_PULSE_URL) too.
+SECRET_VARIABLES = ("TC_TREEHERDER_PULSE_URL", "TC_TREEHERDER_JOBS_PULSE_URL", "TC_TREEHERDER_KAFKA_SASL_PASSWORD")
+_SECRET_VARIABLE = re.compile(r"^TC_TREEHERDER_DESTINATION_[A-Z0-9_]+_PULSE_URL$")
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def _state_home() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "tc-treeherder"
+
+
+# Parsers: each returns the typed value or raises ValueError with the expected form.
+
+
+def _positive_int(text: Any) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError
+    return value
+
+
+def _non_negative_int(text: Any) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError
+    return value
+
+
+def _positive_float(text: Any) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError
+    return value
+
+
+def _bootstrap(text: Any) -> str:
+    text = str(text).strip()
+    for server in text.split(","):
+        host, sep, port = server.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError
+    return text
+
+
+def _amqp_url(text: Any) -> str:
+    parts = urlsplit(str(text))
+    if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+        raise ValueError
+    return str(text)
+
+
+def _http_url(text: Any) -> str:
+    parts = urlsplit(str(text))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError
+    return str(text).rstrip("/")
+
+
+def _namespace(text: Any) -> str:
+    text = str(text)
+    if text and not _NAME.match(text):
+        raise ValueError
+    return text
+
+
+def _prefixes(text: Any) -> tuple[str, ...]:
+    items = text if isinstance(text, list | tuple) else str(text).split(",")
+    prefixes = tuple(str(item).strip() for item in items if str(item).strip())
+    if not prefixes or any(not _NAME.match(p) or "." in p for p in prefixes):
+        raise ValueError
+    return prefixes
+
+
+def _store(text: Any) -> str:
+    if str(text) not in ("memory://", "rocksdb://"):
+        raise ValueError
+    return str(text)
+
+
+def _bool(text: Any) -> bool:
+    if isinstance(text, bool):
+        return text
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError
+
+
+def _profile(text: Any) -> str:
+    if str(text) not in PROFILES:
+        raise ValueError
+    return str(text)
+
+
+def _exchange(text: Any) -> str:
+    text = str(text)
+    if not text or len(text) > 255:
+        raise ValueError
+    return text
+
+
+def _port(text: Any) -> int:
+    value = int(text)
+    if not 0 <= value < 65536:
+        raise ValueError
+    return value
+
+
+def _security_protocol(text: Any) -> str:
+    value = str(text).strip().upper()
+    if value not in KAFKA_SECURITY_PROTOCOLS:
+        raise ValueError
+    return value
+
+
+def _sasl_mechanism(text: Any) -> str:
+    value = str(text).strip().upper()
+    if value and value not in KAFKA_SASL_MECHANISMS:
+        raise ValueError
+    return value
+
+
+def _readable_file(text: Any) -> str:
+    value = str(text)
+    if value and not Path(value).is_file():
+        raise ValueError
+    return value
+
+
+# (field, environment variable, TOML key, parser, expected form)
+_SCALARS: tuple[tuple[str, str, str, Callable[[Any], Any], str], ...] = (
+    ("kafka_bootstrap", "TC_TREEHERDER_KAFKA_BOOTSTRAP", "kafka_bootstrap", _bootstrap,
+     "host:port[,host:port...]"),
+    ("pulse_url", "TC_TREEHERDER_PULSE_URL", "pulse_url", _amqp_url, "an amqp:// or amqps:// URL"),
+    ("taskcluster_root_url", "TASKCLUSTER_ROOT_URL", "taskcluster_root_url", _http_url,
+     "an http:// or https:// URL"),
+    ("namespace", "TC_TREEHERDER_NAMESPACE", "namespace", _namespace,
+     "letters, digits, '_', '.', '-' (or empty)"),
+    ("route_prefixes", "TC_TREEHERDER_ROUTE_PREFIXES", "route_prefixes", _prefixes,
+     "comma-separated route prefixes without dots, e.g. tc-treeherder,tc-treeherder-staging"),
+    ("task_exchange_prefix", "TC_TREEHERDER_TASK_EXCHANGE_PREFIX", "task_exchange_prefix", _exchange,
+     "an exchange name prefix such as exchange/taskcluster-queue/v1/"),
+    ("partitions", "TC_TREEHERDER_PARTITIONS", "partitions", _positive_int, "a positive integer"),
+    ("replication_factor", "TC_TREEHERDER_REPLICATION_FACTOR", "replication_factor", _positive_int,
+     "a positive integer"),
+    ("events_retention_days", "TC_TREEHERDER_EVENTS_RETENTION_DAYS", "events_retention_days",
+     _positive_float, "a positive number of days"),
+    ("queue_timeout", "TC_TREEHERDER_QUEUE_TIMEOUT", "queue_timeout", _positive_float,
+     "a positive number of seconds"),
+    ("queue_retries", "TC_TREEHERDER_QUEUE_RETRIES", "queue_retries", _non_negative_int,
+     "a non-negative integer"),
+    ("max_body_bytes", "TC_TREEHERDER_MAX_BODY_BYTES", "max_body_bytes", _positive_int,
+     "a positive number of bytes"),
+    ("store", "TC_TREEHERDER_STORE", "store", _store, "rocksdb:// or memory://"),
+    ("data_dir", "TC_TREEHERDER_DATA_DIR", "data_dir", Path, "a directory path"),
+    ("state_dir", "TC_TREEHERDER_STATE_DIR", "state_dir", Path, "a directory path"),
+    ("web_host", "TC_TREEHERDER_WEB_HOST", "web_host", str, "a host name or address"),
+    ("web_port", "TC_TREEHERDER_WEB_PORT", "web_port", _port, "a port number (0 picks a free one)"),
+    ("source_web_port", "TC_TREEHERDER_SOURCE_WEB_PORT", "source_web_port", _port, "a port number (0: off)"),
+    ("sink_web_port", "TC_TREEHERDER_SINK_WEB_PORT", "sink_web_port", _port, "a port number (0: off)"),
+    ("source_prefetch", "TC_TREEHERDER_SOURCE_PREFETCH", "source_prefetch", _positive_int,
+     "a positive integer"),
+    ("sink_max_in_flight", "TC_TREEHERDER_SINK_MAX_IN_FLIGHT", "sink_max_in_flight", _positive_int,
+     "a positive integer"),
+    ("kafka_security_protocol", "TC_TREEHERDER_KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol",
+     _security_protocol, " or ".join(KAFKA_SECURITY_PROTOCOLS)),
+    ("kafka_sasl_mechanism", "TC_TREEHERDER_KAFKA_SASL_MECHANISM", "kafka_sasl_mechanism", _sasl_mechanism,
+     " or ".join(KAFKA_SASL_MECHANISMS)),
+    ("kafka_sasl_username", "TC_TREEHERDER_KAFKA_SASL_USERNAME", "kafka_sasl_username", str, "a user name"),
+    ("kafka_sasl_password", "TC_TREEHERDER_KAFKA_SASL_PASSWORD", "kafka_sasl_password", str, "a password"),
+    ("kafka_ssl_cafile", "TC_TREEHERDER_KAFKA_SSL_CAFILE", "kafka_ssl_cafile", _readable_file,
+     "the path of a readable CA bundle (PEM)"),
+)
+
+
+def _parse(parser: Callable[[Any], Any], raw: Any, where: str, expected: str) -> Any:
+    try:
+        return parser(raw)
+    except (TypeError, ValueError):
+        shown = MASK if "PASSWORD" in where.upper() else redact_text(repr(raw))
+        raise SettingsError(f"{where}: expected {expected}, got {shown}") from None
+
+
+def _with_secret_files(env: Mapping[str, str]) -> Mapping[str, str]:
+    """``env`` with each ``<SECRET VARIABLE>_FILE`` read into ``<SECRET VARIABLE>`` (trailing newline dropped)."""
+    resolved = dict(env)
+    for key, path in env.items():
+        variable = key.removesuffix("_FILE")
+        if variable == key or not (variable in SECRET_VARIABLES or _SECRET_VARIABLE.match(variable)):
+            continue
+        if variable in env:
+            raise SettingsError(f"{variable} and {key} are both set; use one")
+        try:
+            resolved[variable] = Path(path).read_text().rstrip("\r\n")
+        except OSError as error:
+            raise SettingsError(f"{key}: cannot read {path}: {error.strerror}") from None
+    return resolved
+
+
+def _env_key(name: str) -> str:
+    return re.sub(r"[^A-Z0-9]", "_", name.upper())
+
+
+def _destinations(settings: Settings, table: Mapping[str, Any], env: Mapping[str, str],
+                  jobs_pulse_url: str) -> tuple[Destination, ...]:
+    """One destination per route prefix; TOML ``[destinations.<prefix>]`` and env override the defaults."""
+    unknown = set(table) - set(settings.route_prefixes)
+    if unknown:
+        raise SettingsError(
+            f"destinations: {sorted(unknown)} are not among the route prefixes {list(settings.route_prefixes)}"
+        )
+    result = []
+    for prefix in settings.route_prefixes:
+        raw = dict(table.get(prefix, {}))
+        key = f"TC_TREEHERDER_DESTINATION_{_env_key(prefix)}_"
+        for option in ("name", "pulse_url", "exchange", "enabled", "profile"):
+            if key + option.upper() in env:
+                raw[option] = env[key + option.upper()]
+        where = f"destinations.{prefix}"
+        extra = set(raw) - {"name", "pulse_url", "exchange", "enabled", "profile"}
+        if extra:
+            raise SettingsError(f"{where}: unknown keys {sorted(extra)}")
+        result.append(
+            Destination(
+                route_prefix=prefix,
+                name=_parse(_namespace, raw.get("name", prefix), f"{where}.name ({key}NAME)",
+                            "letters, digits, '_', '.', '-'"),
+                pulse_url=_parse(_amqp_url, raw.get("pulse_url", jobs_pulse_url),
+                                 f"{where}.pulse_url ({key}PULSE_URL)", "an amqp:// or amqps:// URL"),
+                exchange=_parse(_exchange, raw.get("exchange", _namespaced_exchange(settings.namespace)),
+                                f"{where}.exchange ({key}EXCHANGE)", "an exchange name"),
+                enabled=_parse(_bool, raw.get("enabled", True), f"{where}.enabled ({key}ENABLED)",
+                               "true or false"),
+                profile=_parse(_profile, raw.get("profile", DEFAULT_PROFILE), f"{where}.profile ({key}PROFILE)",
+                               " or ".join(PROFILES)),
+            )
+        )
+    return tuple(result)
+
+
+def _namespaced_exchange(namespace: str) -> str:
+    """The jobs exchange; a namespace goes after the Pulse user so Pulse's permissions still match."""
+    if not namespace:
+        return DEFAULT_JOBS_EXCHANGE
+    return f"exchange/taskcluster-treeherder/{namespace}/v1/jobs"
+
+
+def load_settings(env: Mapping[str, str] | None = None, config_file: str | Path | None = None) -> Settings:
+    """Build the settings from defaults, the TOML file and the environment; raise SettingsError if bad."""
+    env = _with_secret_files(os.environ if env is None else env)
+    path = config_file or env.get("TC_TREEHERDER_CONFIG")
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except OSError as error:
+            raise SettingsError(f"TC_TREEHERDER_CONFIG: cannot read {path}: {error.strerror}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise SettingsError(f"TC_TREEHERDER_CONFIG: {path} is not valid TOML: {error}") from None
+    known = {toml_key for _, _, toml_key, _, _ in _SCALARS} | {"destinations", "jobs_pulse_url"}
+    unknown = set(data) - known
+    if unknown:
+        raise SettingsError(f"{path}: unknown settings {sorted(unknown)}; see docs/configuration.md")
+
+    values: dict[str, Any] = {}
+    for attr, variable, toml_key, parser, expected in _SCALARS:
+        if variable in env:
+            values[attr] = _parse(parser, env[variable], variable, expected)
+        elif toml_key in data:
+            values[attr] = _parse(parser, data[toml_key], f"{path}: {toml_key}", expected)
+    settings = Settings(**values)
+    if "data_dir" not in values:
+        settings = replace(settings, data_dir=settings.state_dir / "worker")
+
+    jobs_pulse_url = env.get("TC_TREEHERDER_JOBS_PULSE_URL", data.get("jobs_pulse_url", settings.pulse_url))
+    jobs_pulse_url = _parse(_amqp_url, jobs_pulse_url, "TC_TREEHERDER_JOBS_PULSE_URL", "an amqp:// URL")
+    table = data.get("destinations", {})
+    if not isinstance(table, dict):
+        raise SettingsError(f"{path}: destinations must be a table of [destinations.<route prefix>]")
+    return replace(settings, destinations=_destinations(settings, table, env, jobs_pulse_url))

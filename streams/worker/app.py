@@ -1,0 +1,273 @@
+"""The Faust application: topics, tables and the one agent, built from settings.
+
+The agent stays thin: it hands the task-events stream to a ``BatchPipeline``, whose batches
+``EventProcessor`` turns into records; a batch is acknowledged only once Kafka has every one of them, and
+anything unexpected ends the process before more is acknowledged (see docs/architecture.md for the
+delivery guarantee).
+
+A worker that owns a partition owns the state of its tasks: the tables and how a batch reads and writes them
+are in ``streams.worker.tables``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, NoReturn
+
+import faust
+from aiokafka import ConsumerRecord
+from faust.types import TP, EventT
+
+from streams.core.rules import Rules
+from streams.core.state_guard import GuardEntry
+from streams.shared.kafka_config import faust_broker_credentials
+from streams.shared.settings import Settings
+from streams.shared.topics import TABLES
+from streams.taskcluster.queue_client import QueueClient
+from streams.worker.batch_pipeline import BatchPipeline
+from streams.worker.gaps import OffsetWatch
+from streams.worker.processor import EventProcessor, RetryPolicy, SourceEvent
+from streams.worker.tables import (
+    BatchWrites,
+    Outgoing,
+    TableState,
+    WorkerTables,
+    processed_upto,
+)
+
+log = logging.getLogger(__name__)
+
+# Faust opens one RocksDB per table and partition (3 tables x TC_TREEHERDER_PARTITIONS), each by default with
+# up to 3 x 64 MiB of memtables and a 2 GiB block cache: memory then grows with the tasks seen until the
+# memtables flush, to gigabytes. These bound each database to 2 x 4 MiB of memtables and an 8 MiB cache
+# (with 8 partitions: under 400 MiB for all tables); reads of a task's state are point lookups, which a
+# small cache serves as well. See benchmarks/memory.py.
+ROCKSDB_OPTIONS = {"write_buffer_size": 4 << 20, "max_write_buffer_number": 2, "block_cache_size": 8 << 20,
+                   "block_cache_compressed_size": 0}
+
+BATCH_SIZE = 500  # the most events one batch takes; fewer when fewer are waiting
+IN_FLIGHT = 2  # batches prepared ahead of the one waiting for Kafka's confirmations
+# Seconds between two batches short of full: a busy stream then fills them, and the fixed cost of a batch is
+# shared by more events (benchmarks: 10 ms against none cut the worker's CPU per event by a third), while a
+# lone event after a quiet spell still goes at once. See streams/worker/batch_pipeline.py.
+BATCH_LINGER = 0.01
+
+
+@dataclass(slots=True)
+class Worker:
+    """Everything one worker process runs, built from settings in one place."""
+
+    app: faust.App
+    tables: WorkerTables
+    processor: EventProcessor | None = None
+
+
+def create_worker(settings: Settings, *, client: QueueClient | None = None,
+                  policy: RetryPolicy | None = None) -> Worker:
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
+        broker_credentials=faust_broker_credentials(settings),
+        store=settings.store,
+        datadir=str(settings.data_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_disable_leader=True,
+        table_standby_replicas=1,
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=settings.web_port != 0,
+        web_host=settings.web_host,
+        web_port=settings.web_port or 6066,
+        consumer_group_instance_id=os.environ.get("TC_TREEHERDER_WORKER_ID") or None,
+    )
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    events_topic = app.topic(settings.topic("task-events"), partitions=settings.partitions, **raw)
+    jobs_topic = app.topic(settings.topic("jobs"), partitions=settings.partitions, **raw)
+    rejected_topic = app.topic(settings.topic("rejected"), partitions=settings.partitions, **raw)
+    # In the order of WorkerTables' fields; ensure_topics has created their changelogs already.
+    tables = WorkerTables(*(_raw_table(app, name, settings.partitions) for name in TABLES))
+    worker = Worker(app=app, tables=tables)
+    rules = settings.rules()
+    outputs = {"jobs": jobs_topic.get_topic_name(), "rejected": rejected_topic.get_topic_name()}
+
+    def processor() -> EventProcessor:
+        if worker.processor is None:  # the Queue client's HTTP session must be made inside the loop
+            queue = client or QueueClient(timeout=settings.queue_timeout, retries=settings.queue_retries)
+            worker.processor = EventProcessor(rules, queue, default_root_url=settings.taskcluster_root_url,
+                                              policy=policy, stopping=lambda: app.should_stop)
+        return worker.processor
+
+    @app.on_before_shutdown.connect
+    async def close_queue_client(app: faust.App, **kwargs: Any) -> None:
+        if worker.processor is not None:
+            await worker.processor.client.close()
+
+    watch = OffsetWatch(settings, events_topic.get_topic_name(), settings.app_id)
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(app: faust.App, revoked: set[TP], **kwargs: Any) -> None:
+        watch.forget(tp.partition for tp in revoked if tp.topic == watch.topic)
+
+    @app.on_partitions_assigned.connect
+    async def forget_assigned(app: faust.App, assigned: set[TP], **kwargs: Any) -> None:
+        watch.forget(tp.partition for tp in assigned if tp.topic == watch.topic)
+
+    unreleased: dict[str, tuple[GuardEntry, int]] = {}  # guard entries of batches not yet settled (BatchWrites)
+    serials = itertools.count()
+
+    async def prepare(batch: list[EventT]) -> Flight:
+        """Process a batch and hand its output and table changes to the producer."""
+        writes = BatchWrites(unreleased, next(serials))
+        # Records Faust skipped come first: they precede the batch in their partitions.
+        first = {}
+        for event in batch:
+            first.setdefault(event.message.partition, event)
+        skipped = await watch.fetch(await watch.find_gaps(
+            [(event.message.partition, event.message.offset) for event in batch],
+            processed=lambda partition: processed_upto(tables.progress, first[partition])))
+        sources = [_source_event(tables, writes, _FetchedEvent(record)) for record in skipped]
+        sources += [_source_event(tables, writes, event) for event in batch]
+        produced = await processor().process_batch(sources)
+        records = [Outgoing(outputs[record.topic], record.key, record.value) for record in produced]
+        records += writes.take_changelog()
+        return Flight(records, await _send(app, records), writes)
+
+    @app.agent(events_topic, name="task-events-to-jobs", concurrency=1)
+    async def task_events_to_jobs(stream: faust.StreamT) -> None:
+        # Events are acknowledged by ``settle`` alone, once their output is confirmed; Faust's stream keeps
+        # handing events over meanwhile, so the next batch is ready when the pipeline is.
+        events = stream.noack()
+
+        async def settle(batch: list[EventT], flight: Flight) -> None:
+            """Once Kafka has the batch's output: its guard entries and progress marks, then the acknowledgements."""
+            await _confirmed(flight)
+            last = {event.message.partition: event for event in batch}
+            await _deliver(app, flight.writes.release_guard(tables.emitted, tables.progress, last.values()))
+            for event in batch:
+                await events.ack(event)
+
+        pipeline = BatchPipeline(prepare, settle, _exit_unacknowledged, batch_size=BATCH_SIZE, in_flight=IN_FLIGHT,
+                                 linger=BATCH_LINGER)
+        pipeline.start()
+        try:
+            async for event in events.events():
+                await pipeline.put(event)
+        finally:
+            await pipeline.close()
+
+    return worker
+
+
+class _FetchedEvent:
+    """A record read around Faust (see ``streams.worker.gaps``), shaped enough like a Faust event for the tables."""
+
+    def __init__(self, record: ConsumerRecord) -> None:
+        self.message = record
+        self.key = record.key
+        self.value = record.value
+
+
+def _source_event(tables: WorkerTables, writes: BatchWrites, event: Any) -> SourceEvent:
+    message = event.message
+    return SourceEvent(topic=message.topic, partition=message.partition, offset=message.offset, key=event.key,
+                       value=event.value, state=TableState(tables, event, writes))
+
+
+def _exit_unacknowledged(error: BaseException) -> NoReturn:
+    """Leave without acknowledging the batch in hand.
+
+    Faust acknowledges a batch whatever ends its loop body, and a later commit would then skip events whose
+    jobs never reached Kafka. ``EventProcessor`` turns every bad event into a record, so reaching this is a
+    bug, a broken dependency or a shutdown that did not wait for the batch; the batch is read again by
+    whichever worker next owns the partitions.
+    """
+    if isinstance(error, asyncio.CancelledError):
+        log.critical("worker cancelled in the middle of a batch: exiting without acknowledging it")
+    else:
+        log.critical("unexpected failure in the middle of a batch: exiting without acknowledging it",
+                     exc_info=error)
+    logging.shutdown()
+    os._exit(70)
+
+
+def _raw_table(app: faust.App, name: str, partitions: int) -> faust.Table:
+    """A table of bytes to bytes, stored and logged as they are.
+
+    Faust picks a table's codec from its key and value types and falls back to JSON for plain ``bytes``;
+    the worker encodes values itself (orjson), so both sides are set to raw before the changelog topic and
+    the store are made from them.
+    """
+    options = ROCKSDB_OPTIONS if str(app.conf.store).startswith("rocksdb") else None
+    table = app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes, options=options)
+    table.key_serializer = "raw"
+    table.value_serializer = "raw"
+    return table
+
+
+class Flight(NamedTuple):
+    """A batch's output handed to the producer, with the table changes to make once Kafka has it."""
+
+    records: list[Outgoing]
+    futures: list[asyncio.Future[Any]]
+    writes: BatchWrites
+
+
+async def _send(app: faust.App, records: list[Outgoing]) -> list[asyncio.Future[Any]]:
+    return [await app.producer.send(record.topic, record.key, record.value, record.partition, None, None)
+            for record in records]
+
+
+async def _confirmed(flight: Flight) -> None:
+    """Wait until Kafka has every record of ``flight``, and move the tables' checkpoints to their changelogs.
+
+    A record Kafka refused is not retried here: batches after this one are already with the producer, and a
+    late retry would put a task's jobs out of order. The worker exits instead and the batch is read again.
+    """
+    results = await asyncio.gather(*flight.futures, return_exceptions=True)
+    errors = [result for result in results if isinstance(result, BaseException)]
+    if errors:
+        raise RuntimeError(f"Kafka refused {len(errors)} of {len(results)} records of a batch: "
+                           f"{sorted({type(error).__name__ for error in errors})}") from errors[0]
+    _move_checkpoints(flight.records, results)
+
+
+def _move_checkpoints(records: Sequence[Outgoing], results: Sequence[Any]) -> None:
+    """Changelog records move their table's checkpoint, as Faust's own table writes do, so a restart recovers
+    only what is newer."""
+    checkpoints: dict[tuple[faust.Table, TP], int] = {}
+    for record, result in zip(records, results, strict=True):
+        if record.table is not None and not isinstance(result, BaseException):
+            tp = TP(result.topic, result.partition)
+            checkpoints[(record.table, tp)] = max(result.offset, checkpoints.get((record.table, tp), -1))
+    for (table, tp), offset in checkpoints.items():
+        table.data.set_persisted_offset(tp, offset)
+
+
+async def _deliver(app: faust.App, records: list[Outgoing]) -> None:
+    """Produce ``records`` and wait until Kafka has each one; retry what failed until it lands.
+
+    For a settled batch's guard entries and progress marks: ``settle`` acknowledges the batch only after this
+    returns, and settles batches one at a time, so a retry here cannot reorder anything. If the worker is asked
+    to stop while Kafka still refuses, it raises, and the worker exits without acknowledging the batch.
+    """
+    pending = records
+    delay = 0.5
+    while pending:
+        results = await asyncio.gather(*await _send(app, pending), return_exceptions=True)
+        _move_checkpoints(pending, results)
+        failed = [record for record, result in zip(pending, results, strict=True) if isinstance(result, BaseException)]
+        if not failed:
+            return
+        errors = {type(result).__name__ for result in results if isinstance(result, BaseException)}
+        log.error("%d of %d records not delivered to Kafka (%s); retrying", len(failed), len(pending), errors)
+        if app.should_stop:
+            raise RuntimeError(f"stopping with {len(failed)} records Kafka has not taken")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 10.0)
+        pending = failed

@@ -1,1 +1,0 @@
-"""Tools for developing and testing tc-treeherder without a real Taskcluster deployment."""
