@@ -20,7 +20,6 @@ from aiokafka.partitioner import murmur2
 from connectors.pulse_source import convert_body
 from devtools.workload import Envelope, SimulatedTask, WorkloadOptions, iter_groups
 from streams.core.model import Jobs
-from streams.core.rules import Rules
 from streams.shared import records
 from streams.shared.settings import Settings
 from streams.shared.topics import TopicNames

@@ -28,6 +28,8 @@ from urllib.parse import quote
 
 import aio_pika
 import aiohttp
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from devtools.harness import (
     InProcessRegistrar,
@@ -388,8 +390,6 @@ async def _clean_up(lab: Lab, settings: Settings, sink_user: str) -> None:
                     await channel.exchange_delete(destination.exchange)
             for kind in ("defined", "pending", "running", "completed", "failed", "exception"):
                 await channel.exchange_delete(settings.task_exchange(kind))
-    from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.errors import KafkaError
 
     admin = AIOKafkaAdminClient(bootstrap_servers=lab.kafka_bootstrap)
     with contextlib.suppress(KafkaError, OSError):

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import aiohttp
 import orjson
 import slugid
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 
@@ -122,7 +122,6 @@ async def produce(settings: Settings, ids: list[str]) -> None:
 
 
 async def output_count(consumer: AIOKafkaConsumer, settings: Settings) -> int:
-    from aiokafka import TopicPartition
     parts = [TopicPartition(settings.topic(name), p)
              for name in ("jobs", "rejected") for p in range(settings.partitions)]
     return sum((await consumer.end_offsets(parts)).values())

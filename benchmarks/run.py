@@ -25,6 +25,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import bench_stages
+from benchmarks.bench_data import stage_data
+from benchmarks.bench_e2e import EndToEnd, warm_up
+from benchmarks.bench_stages import child_env, median
+from devtools.harness import delete_namespace
+from devtools.queue_standin import QueueStandIn
+from devtools.stack import StackError, local
+from streams.shared.settings import load_settings
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench-results" / "bench.json"
 PARTS = ("core", "source", "worker", "sink", "e2e", "replay")
@@ -43,8 +52,6 @@ def machine() -> dict[str, Any]:
 
 def run_settings(base: Any, run_dir: Path, label: str) -> tuple[Any, dict[str, str]]:
     """Settings and the processes' environment for one part, under a namespace of its own."""
-    from benchmarks.bench_stages import child_env
-    from streams.shared.settings import load_settings
 
     namespace = f"bench{label}{secrets.token_hex(3)}"
     env = {
@@ -68,7 +75,6 @@ def bench_core(seconds: float) -> dict[str, Any]:
 
 
 async def with_standin(action: Any) -> Any:
-    from devtools.queue_standin import QueueStandIn
 
     standin = QueueStandIn()
     root_url = await standin.start()
@@ -79,9 +85,6 @@ async def with_standin(action: Any) -> Any:
 
 
 async def part(name: str, base: Any, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from benchmarks import bench_stages
-    from benchmarks.bench_data import stage_data
-    from devtools.harness import delete_namespace
 
     settings, env = run_settings(base, run_dir, name)
     cleanup: dict[str, Any] = {}
@@ -118,8 +121,6 @@ async def part(name: str, base: Any, run_dir: Path, args: argparse.Namespace) ->
 
 async def end_to_end(settings: Any, env: dict[str, str], standin: Any, root_url: str, run_dir: Path,
                      args: argparse.Namespace) -> dict[str, Any]:
-    from benchmarks.bench_e2e import EndToEnd, warm_up
-    from benchmarks.bench_stages import median
 
     e2e = EndToEnd(settings, env, standin, run_dir / "logs" / settings.namespace)
     result: dict[str, Any] = {"latency": {}, "sustained": [], "backlog": []}
@@ -257,8 +258,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("aiokafka").setLevel(logging.ERROR)  # leader moves right after a topic is created
     logging.getLogger("connectors").setLevel(logging.ERROR)  # the local stack's missing task exchanges
-    from devtools.stack import StackError, local
-    from streams.shared.settings import load_settings
 
     base = load_settings()
     try:

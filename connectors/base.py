@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka.errors import KafkaConnectionError
+
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -82,7 +84,6 @@ class Connector(ABC):
 
         None when the connector was asked to stop before Kafka answered.
         """
-        from aiokafka.errors import KafkaConnectionError
 
         backoff = Backoff()
         while not self.stopping:

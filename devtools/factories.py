@@ -13,6 +13,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from streams.core.envelope import parse_envelope
+from streams.core.model import TaskEvent
+
 TASK_ID = "B3EheQ-IQ5aPzw34KS_a6g"  # decodes to 07712179-0f88-4396-8fcf-0df8292fdaea
 TASK_UUID = "07712179-0f88-4396-8fcf-0df8292fdaea"
 TASK_GROUP_ID = "EJAo7mQyRqS-jmzebhceFA"
@@ -243,8 +246,6 @@ def make_artifacts(*names: str) -> list[dict[str, Any]]:
 
 def parsed(payload: dict[str, Any] | None = None, **envelope_options: Any):
     """parse_envelope(make_envelope(...)), asserting it parses: the TaskEvent."""
-    from streams.core.envelope import parse_envelope
-    from streams.core.model import TaskEvent
 
     event = parse_envelope(make_envelope(payload, **envelope_options))
     assert isinstance(event, TaskEvent), event

@@ -24,8 +24,12 @@ from typing import IO, Any
 
 import aio_pika
 import orjson
+import slugid
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from streams.core.state_guard import STATE_RANK
+from streams.shared.kafka_config import kafka_client_kwargs
 from streams.shared.settings import Settings
 
 COMMANDS = ("source", "worker", "sink")
@@ -288,10 +292,7 @@ async def delete_namespace(settings: Settings, *, queues: Iterable[str] = (), ex
 
     For the demo, the tests' and benchmarks' throwaway namespaces: never call it on a namespace in use.
     """
-    from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.errors import KafkaError
 
-    from streams.shared.kafka_config import kafka_client_kwargs
 
     admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings))
     with contextlib.suppress(KafkaError, OSError):
@@ -353,7 +354,6 @@ class Verdict:
 
 def run_key(run: Any) -> str:
     """The observer's key for an ``ExpectedRun``: ``<destination>/<task uuid>/<runId>``."""
-    import slugid
 
     return f"{run.destination}/{slugid.decode(run.task_id)}/{run.run_id}"
 

@@ -10,15 +10,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from streams.shared.settings import Settings
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
-HELP = "Run the whole bridge on a simulated workload and watch the jobs arrive."
+from devtools.harness import (
+    InProcessRegistrar,
+    JobObserver,
+    LocalPipeline,
+    delete_namespace,
+    expected_job_count,
+    wait_for_consumer,
+)
+from devtools.publisher import PulsePublisher, publish_workload
+from devtools.queue_standin import QueueStandIn
+from devtools.stack import StackError, local
+from devtools.workload import WorkloadOptions, iter_groups
+from streams.shared.kafka_config import kafka_client_kwargs
+from streams.shared.settings import Settings, load_settings
+
 EPILOG = """examples:
   tc-treeherder demo                       # 300 tasks, as fast as the machine goes
   tc-treeherder demo --tasks 2000 --rate 500 --workers 2
@@ -41,7 +57,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from devtools.stack import StackError, local
 
     print("Starting the local brokers (reused when already running)...", flush=True)
     try:
@@ -58,15 +73,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from devtools.harness import (
-        JobObserver,
-        LocalPipeline,
-        delete_namespace,
-        expected_job_count,
-        wait_for_consumer,
-    )
-    from devtools.queue_standin import QueueStandIn
-    from streams.shared.settings import load_settings
 
     namespace = settings.namespace or f"demo{time.strftime('%Y%m%d%H%M%S')}"
     own_namespace = not settings.namespace  # only a namespace the demo made up is removed afterwards
@@ -116,7 +122,6 @@ async def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _settings_env(settings: Settings, *, namespace: str, root_url: str, state_dir: Path) -> dict[str, str]:
-    import os
 
     env = dict(os.environ)
     env.update({
@@ -135,9 +140,6 @@ def _settings_env(settings: Settings, *, namespace: str, root_url: str, state_di
 
 
 async def _publish(args: argparse.Namespace, settings: Settings, standin: Any) -> tuple[Any, list[Any], float]:
-    from devtools.harness import InProcessRegistrar
-    from devtools.publisher import PulsePublisher, publish_workload
-    from devtools.workload import WorkloadOptions, iter_groups
 
     options = WorkloadOptions(tasks=args.tasks, seed=args.seed, root_url=standin.root_url,
                               task_exchange=settings.task_exchange)
@@ -189,10 +191,7 @@ class LiveView:
 
 async def _rejected_summary(settings: Settings) -> Counter[str]:
     """Every record of the demo's rejected topic, counted by kind and reason."""
-    import orjson
-    from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from streams.shared.kafka_config import kafka_client_kwargs
 
     consumer = AIOKafkaConsumer(**kafka_client_kwargs(settings), enable_auto_commit=False)
     await consumer.start()

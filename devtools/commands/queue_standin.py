@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
 import sys
 from typing import Any
 
-HELP = "run a local stand-in for the Taskcluster Queue API (task definitions and artifact listings)"
+from devtools.queue_standin import QueueStandIn
+
 EPILOG = """\
 examples:
   tc-treeherder queue-standin --port 8011 --tasks tasks.json
@@ -32,9 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Any) -> int:
-    import asyncio
 
-    from devtools.queue_standin import QueueStandIn
 
     if args.page_size < 1:
         print("tc-treeherder queue-standin: --page-size must be positive", file=sys.stderr)
@@ -56,8 +57,6 @@ def run(args: argparse.Namespace, settings: Any) -> int:
 
 
 async def _serve(standin: Any, host: str, port: int, tasks: int, listings: int) -> None:
-    import asyncio
-    import signal
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

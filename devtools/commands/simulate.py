@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from typing import IO, Any
 
-HELP = "publish realistic Taskcluster task events to Pulse, with their definitions on the Queue API stand-in"
+import aiohttp
+import orjson
+
+from devtools.publisher import PublishError, PulsePublisher, StandInRegistrar, publish_workload, redact
+from devtools.workload import KINDS, WorkloadOptions, iter_groups
+
 EPILOG = """\
 examples:
   # a stand-in for the Queue API, then 2,000 tasks at 500 events/s, keeping the expected outcomes
@@ -88,10 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Any) -> int:
-    import asyncio
 
-    from devtools.publisher import PublishError
-    from devtools.workload import WorkloadOptions
 
     root_url = (args.root_url or settings.taskcluster_root_url).rstrip("/")
     try:
@@ -123,10 +126,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
 
 
 async def _simulate(args: argparse.Namespace, settings: Any, options: Any, outputs: _Outputs) -> Any:
-    import aiohttp
 
-    from devtools.publisher import PulsePublisher, StandInRegistrar, publish_workload
-    from devtools.workload import iter_groups
 
     progress = _Progress(sys.stderr, args.rate)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -193,12 +193,10 @@ class _Outputs:
 
     def event(self, envelope: dict[str, Any]) -> None:
         if self.events_out is not None:
-            import orjson
 
             self.events_out.write(orjson.dumps({**envelope, "rootUrl": self.root_url}) + b"\n")
 
     def group(self, group: Any) -> None:
-        import orjson
 
         for task in group.tasks:
             outcome = task.expected[0].outcome
@@ -250,7 +248,6 @@ class _Progress:
 
 
 def _summary(report: Any, outputs: _Outputs, args: argparse.Namespace, settings: Any, stream: IO[str]) -> None:
-    from devtools.workload import KINDS
 
     where = "generated" if args.no_publish else "published and confirmed"
     target = f", target {args.rate:,.0f}/s" if args.rate else ""
@@ -275,6 +272,5 @@ def _summary(report: Any, outputs: _Outputs, args: argparse.Namespace, settings:
 
 
 def _safe(url: str) -> str:
-    from devtools.publisher import redact
 
     return redact(url)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from devtools.stack import StackError, local
 from streams.shared.settings import Settings
 
-HELP = "stop the local Kafka and RabbitMQ that `tc-treeherder up` started"
 EPILOG = """examples:
   tc-treeherder down     # stops only what `up` started, by pid; data stays for the next `up`
 
@@ -20,7 +20,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from devtools.stack import StackError, local
 
     del args
     try:

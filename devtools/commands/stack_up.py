@@ -6,9 +6,9 @@ import argparse
 import sys
 import time
 
+from devtools.stack import StackError, local
 from streams.shared.settings import Settings
 
-HELP = "start the local Kafka (KRaft) and RabbitMQ, or reuse the ones that already answer"
 EPILOG = """examples:
   tc-treeherder up                      # Kafka on localhost:9092, RabbitMQ on localhost:5672
   TC_TREEHERDER_KAFKA_BOOTSTRAP=localhost:29092 tc-treeherder up   # a second Kafka beside the first
@@ -29,7 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from devtools.stack import StackError, local
 
     def log(line: str) -> None:
         if not args.quiet:

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from streams.shared.redact import public_url
 from devtools.stack import kafka, rabbitmq
+from streams.shared.redact import public_url
 from streams.shared.settings import Settings
 
 Log = Callable[[str], None]

@@ -14,10 +14,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.shared.redact import public_url
 from devtools.stack import StackError, kafka, rabbitmq
 from devtools.stack.probe import amqp_answers, kafka_answers
 from devtools.stack.process import file_lock, is_alive
+from streams.shared.redact import public_url
 
 TEST_KAFKA_BOOTSTRAP = "localhost:19092"  # not 9092: a running demo keeps its broker and its topics
 TEST_PULSE_URL = "amqp://guest:guest@localhost:5672/"

@@ -1,6 +1,7 @@
 """The project's JSON schemas, read once from the ``schemas/`` folder.
 
-In a checkout the folder sits next to the packages; an installed wheel carries it as ``tc_treeherder/schemas``.
+In a checkout the folder sits next to the packages; an installed wheel carries it inside the
+``streams`` package (``streams/schemas``), beside the core that reads it.
 Reading happens on first use and is cached, so the transform itself never touches the disk.
 """
 
@@ -11,8 +12,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-_ROOT = Path(__file__).resolve().parents[2]
-_CANDIDATES = (_ROOT / "schemas", _ROOT / "tc_treeherder" / "schemas")
+_STREAMS = Path(__file__).resolve().parents[1]
+_CANDIDATES = (_STREAMS.parent / "schemas", _STREAMS / "schemas")
 
 
 class SchemaNotFound(RuntimeError):

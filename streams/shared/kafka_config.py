@@ -11,6 +11,8 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
+import faust
+
 from streams.shared.settings import Settings
 
 
@@ -39,7 +41,6 @@ def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:
 
 def faust_broker_credentials(settings: Settings) -> Any:
     """Faust's ``broker_credentials`` for the same settings (None for plaintext)."""
-    import faust
 
     protocol = settings.kafka_security_protocol
     context = ssl_context(settings)

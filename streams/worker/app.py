@@ -23,7 +23,6 @@ import faust
 from aiokafka import ConsumerRecord
 from faust.types import TP, EventT
 
-from streams.core.rules import Rules
 from streams.core.state_guard import GuardEntry
 from streams.shared.kafka_config import faust_broker_credentials
 from streams.shared.settings import Settings

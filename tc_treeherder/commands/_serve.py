@@ -8,6 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 from streams.shared.settings import Settings
+from streams.shared.topics import TopicError, ensure_topics
+from tc_treeherder.observability.web import metrics_server
 
 
 def serve_connector(settings: Settings, name: str, make: Callable[[], Any], loglevel: str) -> int:
@@ -15,8 +17,6 @@ def serve_connector(settings: Settings, name: str, make: Callable[[], Any], logl
 
     Exit status 1 when the topics cannot be used as they are (e.g. another partition count).
     """
-    from streams.shared.topics import TopicError, ensure_topics
-    from tc_treeherder.observability.web import metrics_server
 
     logging.getLogger("connectors").setLevel(loglevel.upper())
     logging.getLogger("streams").setLevel(loglevel.upper())

@@ -7,11 +7,22 @@ so the answer is the worker's answer. Logic: ``tc_treeherder.observability.expla
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 from typing import Any
 
-HELP = "say whether a task would reach Treeherder: the job messages it gives, or why not"
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
+
+from streams.shared.kafka_config import kafka_client_kwargs
+from streams.taskcluster.lookup import QueueLookup
+from streams.taskcluster.queue_client import QueueClient
+from tc_treeherder.observability import explain
+from tc_treeherder.observability.explain import TASK_ID, NotJson
+
 EPILOG = """\
 examples:
   tc-treeherder explain B3EheQ-IQ5aPzw34KS_a6g                 # definition from the Queue API
@@ -46,9 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Any) -> int:
-    import asyncio
 
-    from tc_treeherder.observability.explain import TASK_ID
 
     root_url = (args.root_url or settings.taskcluster_root_url).rstrip("/")
     if not root_url.startswith(("http://", "https://")):
@@ -68,7 +77,6 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     color = sys.stdout.isatty() and not args.json
     for explanation in explanations:
         if args.json:
-            import orjson
 
             sys.stdout.buffer.write(orjson.dumps(explanation.to_json()) + b"\n")
         else:
@@ -84,9 +92,7 @@ def _usage(message: str) -> int:
 
 def _read_documents(target: str) -> list[tuple[str, Any]]:
     """(label, JSON document) pairs: a whole-file JSON value, or JSON lines."""
-    import orjson
 
-    from tc_treeherder.observability.explain import NotJson
 
     data = sys.stdin.buffer.read() if target == "-" else Path(target).read_bytes()
     try:
@@ -110,10 +116,6 @@ def _read_documents(target: str) -> list[tuple[str, Any]]:
 
 async def _explain(args: argparse.Namespace, settings: Any, root_url: str, documents: list[tuple[str, Any]],
                    is_file: bool) -> list[Any]:
-    from streams.core.rules import Rules
-    from streams.taskcluster.lookup import QueueLookup
-    from streams.taskcluster.queue_client import QueueClient
-    from tc_treeherder.observability import explain
 
     rules = settings.rules()
     prefix = settings.task_exchange_prefix
@@ -148,7 +150,6 @@ async def _explain(args: argparse.Namespace, settings: Any, root_url: str, docum
 
 
 def _kafka_errors() -> tuple[type[BaseException], ...]:
-    from aiokafka.errors import KafkaError
 
     return (KafkaError,)
 
@@ -158,14 +159,8 @@ async def read_task_events(settings: Any, task_id: str, wait: float = 30.0) -> l
 
     The source keys records by taskId with Kafka's default partitioner, so only that partition is read.
     """
-    import asyncio
 
-    import orjson
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.partitioner import DefaultPartitioner
 
-    from streams.shared.kafka_config import kafka_client_kwargs
-    from tc_treeherder.observability.explain import NotJson
 
     topic = settings.topic("task-events")
     key = task_id.encode()
@@ -200,7 +195,6 @@ async def read_task_events(settings: Any, task_id: str, wait: float = 30.0) -> l
 
 def render_text(explanation: Any, root_url: str, *, color: bool = False, full: bool = False) -> str:
     """A few lines a person reads at a glance: the verdict first, then each event, then the hint."""
-    import orjson
 
     def paint(text: str, code: str) -> str:
         return f"\033[{COLORS[code]}m{text}\033[0m" if color else text

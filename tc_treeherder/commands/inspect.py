@@ -8,14 +8,24 @@ Nothing is acknowledged to anyone else: the queue is this command's own.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import secrets
+import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-HELP = "print job messages (or task events) from Pulse live, filtered by project, state and result"
+import aio_pika
+import aiormq
+import orjson
+
+from connectors.pulse_source import AMQP_TRANSIENT, cc_routes
+from streams.core.model import EventKind
+from streams.shared.redact import public_url
+
 EPILOG = """\
 examples:
   tc-treeherder inspect                                    # every enabled destination's jobs exchange
@@ -139,7 +149,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Any) -> int:
-    import asyncio
 
     if args.count is not None and args.count < 1:
         return _usage("--count must be at least 1")
@@ -163,7 +172,6 @@ def _usage(message: str) -> int:
 def _targets(args: argparse.Namespace, settings: Any) -> dict[str, list[str]]:
     """Pulse URL -> exchanges to bind."""
     if args.task_events:
-        from streams.core.model import EventKind
 
         return {settings.pulse_url: [settings.task_exchange(kind.value) for kind in EventKind]}
     if args.exchange:
@@ -185,15 +193,8 @@ def _targets(args: argparse.Namespace, settings: Any) -> dict[str, list[str]]:
 
 
 async def _inspect(args: argparse.Namespace, settings: Any, targets: dict[str, list[str]]) -> int:
-    import asyncio
-    import contextlib
-    import signal
 
-    import aio_pika
-    import aiormq
-    import orjson
 
-    from connectors.pulse_source import AMQP_TRANSIENT, cc_routes
 
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
@@ -272,6 +273,5 @@ async def _inspect(args: argparse.Namespace, settings: Any, targets: dict[str, l
 
 
 def _public(url: str) -> str:
-    from streams.shared.redact import public_url
 
     return public_url(url)

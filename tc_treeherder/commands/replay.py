@@ -7,9 +7,12 @@ import asyncio
 import logging
 import sys
 
+from aiokafka.errors import KafkaError
+
+from streams.replay.plan import ReplayUsageError, epoch_ms, parse_offsets, parse_time, select
+from streams.replay.runner import Replay, ReplayOptions
 from streams.shared.settings import Settings
 
-HELP = "Re-run a range of task events (or rejected ones) through the current transform and re-emit the jobs."
 EPILOG = """examples:
   tc-treeherder replay --since 2024-05-01T00:00Z --until 2024-05-02T00:00Z --dry-run --diff
   tc-treeherder replay --since 2024-05-01 --rejected-only --destination tc-treeherder --to tc-treeherder-staging
@@ -53,10 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from aiokafka.errors import KafkaError
 
-    from streams.replay.plan import ReplayUsageError, epoch_ms, parse_offsets, parse_time, select
-    from streams.replay.runner import Replay, ReplayOptions
 
     try:
         by_time, by_offset = bool(args.since or args.until), bool(args.from_offsets or args.to_offsets)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from connectors.pulse_sink import PulseSink
 from streams.shared.settings import Settings
+from tc_treeherder.commands._serve import serve_connector
 
-HELP = "Run the Pulse sink: job messages from Kafka to each destination's jobs exchange."
 EPILOG = """examples:
   tc-treeherder sink
   tc-treeherder sink --destination tc-treeherder-staging
@@ -27,8 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from connectors.pulse_sink import PulseSink
-    from tc_treeherder.commands._serve import serve_connector
 
     known = {d.name: d for d in settings.destinations} | {d.route_prefix: d for d in settings.destinations}
     unknown = [name for name in args.destination if name not in known]

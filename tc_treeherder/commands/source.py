@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from connectors.pulse_source import PulseSource
 from streams.shared.settings import Settings
+from tc_treeherder.commands._serve import serve_connector
 
-HELP = "Run the Pulse source: task events from a durable Pulse queue into Kafka."
 EPILOG = """examples:
   tc-treeherder source
   TC_TREEHERDER_PULSE_URL=amqps://user:pass@pulse.mozilla.org:5671 tc-treeherder source
@@ -23,7 +24,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from connectors.pulse_source import PulseSource
-    from tc_treeherder.commands._serve import serve_connector
 
     return serve_connector(settings, "source", lambda: PulseSource(settings), args.loglevel)

@@ -4,10 +4,16 @@ worker's own counts from its ``/status.json``; the exit code says it for scripts
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from typing import Any
 
-HELP = "print the bridge's health: topic offsets, consumer lag per group, a worker's counts"
+import aiohttp
+import orjson
+
+from tc_treeherder.observability.lag import LagMonitor, all_groups
+from tc_treeherder.observability.status import health_checks, summary
+
 EPILOG = """\
 examples:
   tc-treeherder status
@@ -30,7 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Any) -> int:
-    import asyncio
 
     if args.max_lag < 0:
         print("tc-treeherder status: --max-lag must not be negative", file=sys.stderr)
@@ -40,7 +45,6 @@ def run(args: argparse.Namespace, settings: Any) -> int:
         return 2
     status = asyncio.run(gather(settings, args.url, args.max_lag))
     if args.json:
-        import orjson
 
         sys.stdout.buffer.write(orjson.dumps(status, option=orjson.OPT_INDENT_2) + b"\n")
     else:
@@ -50,8 +54,6 @@ def run(args: argparse.Namespace, settings: Any) -> int:
 
 async def gather(settings: Any, url: str | None, max_lag: int) -> dict[str, Any]:
     """Kafka's view (always) and the worker's (with ``url``), checked alike."""
-    from tc_treeherder.observability.lag import LagMonitor, all_groups
-    from tc_treeherder.observability.status import health_checks, summary
 
     topics = [settings.topic("rejected")]
     monitor = LagMonitor(settings, all_groups(settings), extra_topics=topics)
@@ -73,7 +75,6 @@ async def gather(settings: Any, url: str | None, max_lag: int) -> dict[str, Any]
 
 
 async def _fetch_worker(url: str) -> tuple[dict[str, Any] | None, str]:
-    import aiohttp
 
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session, \

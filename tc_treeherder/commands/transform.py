@@ -12,11 +12,19 @@ order, so output lines follow the input however fast each answer comes back.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import stat
 import sys
 from collections import deque
 from typing import IO, Any
 
-HELP = "turn task-event envelopes (JSON lines) into job messages, fetching tasks from the Queue API"
+import orjson
+
+from streams.core.model import Ignored, Jobs, Rejected, Stage
+from streams.taskcluster.lookup import QueueLookup, process
+from streams.taskcluster.queue_client import QueueClient, QueueUnavailable
+
 EPILOG = """\
 examples:
   tc-treeherder transform events.jsonl > jobs.jsonl 2> rejected.jsonl
@@ -39,7 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Any) -> int:
-    import asyncio
 
     root_url = (args.root_url or settings.taskcluster_root_url).rstrip("/")
     if not root_url.startswith(("http://", "https://")):
@@ -64,13 +71,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
 
 
 async def _transform(source: IO[bytes], root_url: str, settings: Any) -> None:
-    import asyncio
-    import os
-    import stat
 
-    from streams.core.rules import Rules
-    from streams.taskcluster.lookup import QueueLookup
-    from streams.taskcluster.queue_client import QueueClient
 
     rules = settings.rules()
     client = QueueClient(timeout=settings.queue_timeout, retries=settings.queue_retries)
@@ -101,11 +102,7 @@ async def _transform(source: IO[bytes], root_url: str, settings: Any) -> None:
 async def _one_line(number: int, line: bytes, lookup: Any, rules: Any,
                     root_url: str) -> tuple[list[bytes], list[bytes]]:
     """The stdout and stderr lines for one input line."""
-    import orjson
 
-    from streams.core.model import Ignored, Jobs, Rejected, Stage
-    from streams.taskcluster.lookup import process
-    from streams.taskcluster.queue_client import QueueUnavailable
 
     try:
         raw = orjson.loads(line)

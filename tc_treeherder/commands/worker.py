@@ -6,9 +6,13 @@ import argparse
 import asyncio
 import logging
 
-from streams.shared.settings import Settings
+from faust import Worker
 
-HELP = "Run a stream worker: task events in, job messages and rejected events out."
+from streams.shared.settings import Settings
+from streams.shared.topics import ensure_topics
+from streams.worker.app import create_worker
+from tc_treeherder.observability.worker_pages import attach
+
 EPILOG = """examples:
   tc-treeherder worker
   TC_TREEHERDER_WEB_PORT=6067 TC_TREEHERDER_DATA_DIR=/var/lib/tc-treeherder/w2 tc-treeherder worker
@@ -24,10 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from faust import Worker
 
-    from streams.shared.topics import ensure_topics
-    from streams.worker.app import create_worker
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -35,7 +36,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     worker = create_worker(settings)
     if settings.web_port:  # /metrics, /status, /status.json and /explain on Faust's web server
-        from tc_treeherder.observability.worker_pages import attach
 
         attach(worker, settings)
     logging.getLogger("streams").setLevel(args.loglevel.upper())

@@ -14,8 +14,9 @@ from typing import Any
 
 from streams.core.model import Ignored, Jobs, Outcome, Rejected, Stage
 from streams.core.rules import Rules
+from streams.shared.records import payload_task_id
 from streams.taskcluster.lookup import TaskLookup, process
-from streams.taskcluster.queue_client import QueueError, QueueUnavailable
+from streams.taskcluster.queue_client import QueueError, QueueRefused, QueueUnavailable, TaskNotFound
 
 # Taskcluster's taskId pattern (a v4 slugid), as the Queue API checks it.
 TASK_ID = re.compile(r"^[A-Za-z0-9_-]{8}[Q-T][A-Za-z0-9_-][CGKOSWaeimquy26-][A-Za-z0-9_-]{10}[AQgw]$")
@@ -172,7 +173,6 @@ class DefinitionLookup:
         if task_id in self.definitions:
             return self.definitions[task_id]
         if self.fallback is None:
-            from streams.taskcluster.queue_client import TaskNotFound
 
             raise TaskNotFound(f"task({task_id}): not in the given definitions", call="task", task_id=task_id,
                                root_url=root_url)
@@ -246,7 +246,6 @@ async def explain_definition(task_id: str, definition: Mapping[str, Any], rules:
 async def explain_task_id(task_id: str, lookup: TaskLookup, rules: Rules, root_url: str,
                           exchange_prefix: str) -> Explanation:
     """Fetch the definition from the Queue API, then explain its lifecycle."""
-    from streams.taskcluster.queue_client import QueueRefused, TaskNotFound
 
     try:
         definition = await lookup.task(root_url, task_id)
@@ -265,7 +264,6 @@ async def explain_task_id(task_id: str, lookup: TaskLookup, rules: Rules, root_u
 async def explain_envelopes(labelled: Iterable[tuple[str, Any]], lookup: TaskLookup, rules: Rules, root_url: str,
                             origin: str) -> list[Explanation]:
     """Recorded envelopes (a file, the log), grouped by task in order of first appearance."""
-    from streams.shared.records import payload_task_id
 
     by_task: dict[str | None, list[EventVerdict]] = {}
     for label, raw in labelled:

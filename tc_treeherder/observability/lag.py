@@ -20,8 +20,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import IncompatibleBrokerVersion, KafkaError
 from aiokafka.protocol.admin import DescribeGroupsRequest, DescribeGroupsRequest_v1, DescribeGroupsRequest_v2
 
+from streams.shared import records
 from streams.shared.kafka_config import kafka_client_kwargs
 from streams.shared.settings import Destination, Settings
+from streams.shared.topics import sink_group
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +119,6 @@ def worker_group(settings: Settings) -> WatchedGroup:
 
 def sink_groups(settings: Settings, destinations: Iterable[Destination] | None = None) -> list[WatchedGroup]:
     """One group per enabled destination, named as ``connectors.pulse_sink`` names it."""
-    from streams.shared.topics import sink_group
 
     chosen = settings.destinations if destinations is None else destinations
     return [WatchedGroup(f"sink {d.name}", sink_group(settings, d.name), settings.topic("jobs"))
@@ -274,7 +275,6 @@ async def read_recent_rejections(settings: Settings, per_partition: int = 10,
 
     Ignored events (not meant for Treeherder) are on the same topic; they are kept, marked by ``kind``.
     """
-    from streams.shared import records
 
     topic = settings.topic("rejected")
     consumer = AIOKafkaConsumer(**kafka_client_kwargs(settings), enable_auto_commit=False,

@@ -13,6 +13,8 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
+import orjson
+
 REFRESH_SECONDS = 5
 
 # Treeherder's own colours for results, so the page reads like the place jobs end up.
@@ -312,7 +314,6 @@ def explain_page(explanation: Mapping[str, Any] | None, task_id: str, error: str
                     "<th>detail</th></tr>")
         for event in explanation["events"]:
             if event["outcome"] == "jobs":
-                import orjson
 
                 detail = "".join(
                     f'<details><summary>{escape(job["job"].get("state", ""))}/'

@@ -16,8 +16,15 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from tc_treeherder.observability.lag import LagMonitor
-from tc_treeherder.observability.metrics import CONTENT_TYPE, render
+from tc_treeherder.observability.lag import LagMonitor, sink_groups
+from tc_treeherder.observability.metrics import (
+    CONTENT_TYPE,
+    LagCollector,
+    SinkCollector,
+    SourceCollector,
+    build_registry,
+    render,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +89,6 @@ def metrics_server(settings: Any, process: str, connector: Any) -> MetricsServer
 
     The sink's server also reports the lag of its destinations' consumer groups.
     """
-    from tc_treeherder.observability.lag import LagMonitor, sink_groups
-    from tc_treeherder.observability.metrics import LagCollector, SinkCollector, SourceCollector, build_registry
 
     monitor = None
     if process == "sink":

@@ -14,9 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from aiokafka.errors import KafkaError
 
 from streams.shared.settings import Settings
+from streams.taskcluster.lookup import QueueLookup
+from streams.taskcluster.queue_client import QueueClient
 from tc_treeherder.observability import status as status_module
+from tc_treeherder.observability import status_page
+from tc_treeherder.observability.explain import TASK_ID, explain_task_id
 from tc_treeherder.observability.lag import LagMonitor, RecentRejections, all_groups
 from tc_treeherder.observability.metrics import CONTENT_TYPE, LagCollector, WorkerCollector, build_registry, render
 
@@ -66,7 +71,6 @@ class WorkerObservability:
             partitions=self.assigned_partitions())
 
     async def _recent(self) -> list[dict[str, Any]]:
-        from aiokafka.errors import KafkaError
 
         try:
             return await self.recent.read()
@@ -99,15 +103,11 @@ class WorkerObservability:
     def queue_client(self) -> Any:
         """A Queue client of the page's own (the explain page must not skew the worker's statistics)."""
         if self._queue is None:
-            from streams.taskcluster.queue_client import QueueClient
 
             self._queue = QueueClient(timeout=self.settings.queue_timeout, retries=1)
         return self._queue
 
     async def explain(self, task_id: str) -> dict[str, Any]:
-        from streams.core.rules import Rules
-        from streams.taskcluster.lookup import QueueLookup
-        from tc_treeherder.observability.explain import explain_task_id
 
         rules = self.settings.rules()
         result = await explain_task_id(task_id, QueueLookup(self.queue_client()), rules,
@@ -122,8 +122,6 @@ class WorkerObservability:
 
 def attach(worker: Any, settings: Settings) -> WorkerObservability:
     """Register the pages and the throughput timer on ``worker.app``; call before the app starts."""
-    from tc_treeherder.observability import status_page
-    from tc_treeherder.observability.explain import TASK_ID
 
     app = worker.app
     observability = WorkerObservability(

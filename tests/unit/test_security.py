@@ -114,7 +114,8 @@ def test_every_kafka_client_of_the_service_is_built_from_kafka_client_kwargs():
                 if isinstance(node, ast.Call) and any(k.arg == "bootstrap_servers" for k in node.keywords):
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert offenders == []
-    assert "broker_credentials=faust_broker_credentials(settings)" in (ROOT / "streams" / "worker" / "app.py").read_text()
+    worker_app = (ROOT / "streams" / "worker" / "app.py").read_text()
+    assert "broker_credentials=faust_broker_credentials(settings)" in worker_app
 
 
 def test_http_endpoints_bind_to_loopback_by_default():
