@@ -16,7 +16,7 @@ import itertools
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from functools import partial
 from typing import Any, NamedTuple, NoReturn
 
 import faust
@@ -57,18 +57,10 @@ IN_FLIGHT = 2  # batches prepared ahead of the one waiting for Kafka's confirmat
 BATCH_LINGER = 0.01
 
 
-@dataclass(slots=True)
-class Worker:
-    """Everything one worker process runs, built from settings in one place."""
-
-    app: faust.App
-    tables: WorkerTables
-    processor: EventProcessor | None = None
-
-
-def create_worker(settings: Settings, *, client: QueueClient | None = None,
-                  policy: RetryPolicy | None = None) -> Worker:
-    app = faust.App(
+def faust_app(settings: Settings) -> faust.App:
+    """The Faust app with the settings every worker needs: explicit partitions, acks from all replicas, one
+    standby replica of each table, static membership when ``TC_TREEHERDER_WORKER_ID`` is set."""
+    return faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
         broker_credentials=faust_broker_credentials(settings),
@@ -85,74 +77,67 @@ def create_worker(settings: Settings, *, client: QueueClient | None = None,
         web_port=settings.web_port or 6066,
         consumer_group_instance_id=os.environ.get("TC_TREEHERDER_WORKER_ID") or None,
     )
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-    events_topic = app.topic(settings.topic("task-events"), partitions=settings.partitions, **raw)
-    jobs_topic = app.topic(settings.topic("jobs"), partitions=settings.partitions, **raw)
-    rejected_topic = app.topic(settings.topic("rejected"), partitions=settings.partitions, **raw)
-    # In the order of WorkerTables' fields; ensure_topics has created their changelogs already.
-    tables = WorkerTables(*(_raw_table(app, name, settings.partitions) for name in TABLES))
-    worker = Worker(app=app, tables=tables)
-    rules = settings.rules()
-    outputs = {"jobs": jobs_topic.get_topic_name(), "rejected": rejected_topic.get_topic_name()}
 
-    def processor() -> EventProcessor:
-        if worker.processor is None:  # the Queue client's HTTP session must be made inside the loop
-            queue = client or QueueClient(timeout=settings.queue_timeout, retries=settings.queue_retries)
-            worker.processor = EventProcessor(rules, queue, default_root_url=settings.taskcluster_root_url,
-                                              policy=policy, stopping=lambda: app.should_stop)
-        return worker.processor
 
-    @app.on_before_shutdown.connect
-    async def close_queue_client(app: faust.App, **kwargs: Any) -> None:
-        if worker.processor is not None:
-            await worker.processor.client.close()
+class Worker:
+    """One worker process: the Faust app, its topics and tables, and the agent's two batch stages.
 
-    watch = OffsetWatch(settings, events_topic.get_topic_name(), settings.app_id)
+    ``prepare`` processes a batch and hands its output to the producer; ``settle`` waits for Kafka, writes the
+    guard entries and progress marks, then acknowledges. ``BatchPipeline`` runs them in order (see
+    docs/architecture.md, "The worker, batch by batch").
+    """
 
-    @app.on_partitions_revoked.connect
-    async def forget_revoked(app: faust.App, revoked: set[TP], **kwargs: Any) -> None:
-        watch.forget(tp.partition for tp in revoked if tp.topic == watch.topic)
+    def __init__(self, settings: Settings, *, client: QueueClient | None = None,
+                 policy: RetryPolicy | None = None) -> None:
+        self.settings = settings
+        self.app = faust_app(settings)
+        raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+        self.events_topic = self.app.topic(settings.topic("task-events"), partitions=settings.partitions, **raw)
+        self.outputs = {name: self.app.topic(settings.topic(name), partitions=settings.partitions,
+                                             **raw).get_topic_name() for name in ("jobs", "rejected")}
+        # In the order of WorkerTables' fields; ensure_topics has created their changelogs already.
+        self.tables = WorkerTables(*(_raw_table(self.app, name, settings.partitions) for name in TABLES))
+        self.watch = OffsetWatch(settings, self.events_topic.get_topic_name(), settings.app_id)
+        self.processor: EventProcessor | None = None  # made inside the loop, with the Queue client's session
+        self._client = client
+        self._policy = policy
+        self._rules = settings.rules()
+        self._unreleased: dict[str, tuple[GuardEntry, int]] = {}  # guard entries of batches not yet settled
+        self._serials = itertools.count()
+        self._wire()
 
-    @app.on_partitions_assigned.connect
-    async def forget_assigned(app: faust.App, assigned: set[TP], **kwargs: Any) -> None:
-        watch.forget(tp.partition for tp in assigned if tp.topic == watch.topic)
+    def _wire(self) -> None:
+        self.app.on_before_shutdown.connect(self._close_queue_client)
+        self.app.on_partitions_revoked.connect(self._forget_partitions)
+        self.app.on_partitions_assigned.connect(self._forget_partitions)
+        worker = self
 
-    unreleased: dict[str, tuple[GuardEntry, int]] = {}  # guard entries of batches not yet settled (BatchWrites)
-    serials = itertools.count()
+        @self.app.agent(self.events_topic, name="task-events-to-jobs", concurrency=1)
+        async def task_events_to_jobs(stream: faust.StreamT) -> None:
+            await worker.consume(stream)
 
-    async def prepare(batch: list[EventT]) -> Flight:
-        """Process a batch and hand its output and table changes to the producer."""
-        writes = BatchWrites(unreleased, next(serials))
-        # Records Faust skipped come first: they precede the batch in their partitions.
-        first = {}
-        for event in batch:
-            first.setdefault(event.message.partition, event)
-        skipped = await watch.fetch(await watch.find_gaps(
-            [(event.message.partition, event.message.offset) for event in batch],
-            processed=lambda partition: processed_upto(tables.progress, first[partition])))
-        sources = [_source_event(tables, writes, _FetchedEvent(record)) for record in skipped]
-        sources += [_source_event(tables, writes, event) for event in batch]
-        produced = await processor().process_batch(sources)
-        records = [Outgoing(outputs[record.topic], record.key, record.value) for record in produced]
-        records += writes.take_changelog()
-        return Flight(records, await _send(app, records), writes)
+    def event_processor(self) -> EventProcessor:
+        if self.processor is None:  # the Queue client's HTTP session must be made inside the loop
+            queue = self._client or QueueClient(timeout=self.settings.queue_timeout,
+                                                retries=self.settings.queue_retries)
+            self.processor = EventProcessor(self._rules, queue, default_root_url=self.settings.taskcluster_root_url,
+                                            policy=self._policy, stopping=lambda: self.app.should_stop)
+        return self.processor
 
-    @app.agent(events_topic, name="task-events-to-jobs", concurrency=1)
-    async def task_events_to_jobs(stream: faust.StreamT) -> None:
-        # Events are acknowledged by ``settle`` alone, once their output is confirmed; Faust's stream keeps
-        # handing events over meanwhile, so the next batch is ready when the pipeline is.
+    async def _close_queue_client(self, app: faust.App, **kwargs: Any) -> None:
+        if self.processor is not None:
+            await self.processor.client.close()
+
+    async def _forget_partitions(self, app: faust.App, tps: set[TP], **kwargs: Any) -> None:
+        """A partition that changes hands (revoked or assigned) starts afresh in the gap watcher."""
+        self.watch.forget(tp.partition for tp in tps if tp.topic == self.watch.topic)
+
+    async def consume(self, stream: faust.StreamT) -> None:
+        """The agent's body. Events are acknowledged by ``settle`` alone, once their output is confirmed;
+        Faust's stream keeps handing events over meanwhile, so the next batch is ready when the pipeline is."""
         events = stream.noack()
-
-        async def settle(batch: list[EventT], flight: Flight) -> None:
-            """Once Kafka has the batch's output: its guard entries and progress marks, then the acknowledgements."""
-            await _confirmed(flight)
-            last = {event.message.partition: event for event in batch}
-            await _deliver(app, flight.writes.release_guard(tables.emitted, tables.progress, last.values()))
-            for event in batch:
-                await events.ack(event)
-
-        pipeline = BatchPipeline(prepare, settle, _exit_unacknowledged, batch_size=BATCH_SIZE, in_flight=IN_FLIGHT,
-                                 linger=BATCH_LINGER)
+        pipeline = BatchPipeline(self.prepare, partial(self.settle, events), _exit_unacknowledged,
+                                 batch_size=BATCH_SIZE, in_flight=IN_FLIGHT, linger=BATCH_LINGER)
         pipeline.start()
         try:
             async for event in events.events():
@@ -160,7 +145,41 @@ def create_worker(settings: Settings, *, client: QueueClient | None = None,
         finally:
             await pipeline.close()
 
-    return worker
+    async def prepare(self, batch: list[EventT]) -> Flight:
+        """Process a batch and hand its output and table changes to the producer."""
+        writes = BatchWrites(self._unreleased, next(self._serials))
+        sources = [_source_event(self.tables, writes, _FetchedEvent(record))
+                   for record in await self._skipped_before(batch)]
+        sources += [_source_event(self.tables, writes, event) for event in batch]
+        produced = await self.event_processor().process_batch(sources)
+        records = [Outgoing(self.outputs[record.topic], record.key, record.value) for record in produced]
+        records += writes.take_changelog()
+        return Flight(records, await _send(self.app, records), writes)
+
+    async def _skipped_before(self, batch: list[EventT]) -> list[ConsumerRecord]:
+        """Records Faust skipped in the batch's partitions: they come first, as they precede the batch."""
+        first: dict[int, EventT] = {}
+        for event in batch:
+            first.setdefault(event.message.partition, event)
+        gaps = await self.watch.find_gaps(
+            [(event.message.partition, event.message.offset) for event in batch],
+            processed=lambda partition: processed_upto(self.tables.progress, first[partition]))
+        return await self.watch.fetch(gaps)
+
+    async def settle(self, events: faust.StreamT, batch: list[EventT], flight: Flight) -> None:
+        """Once Kafka has the batch's output: its guard entries and progress marks, then the acknowledgements."""
+        await _confirmed(flight)
+        last = {event.message.partition: event for event in batch}
+        await _deliver(self.app, flight.writes.release_guard(self.tables.emitted, self.tables.progress,
+                                                             last.values()))
+        for event in batch:
+            await events.ack(event)
+
+
+def create_worker(settings: Settings, *, client: QueueClient | None = None,
+                  policy: RetryPolicy | None = None) -> Worker:
+    """The worker for ``settings``; ``client`` and ``policy`` let tests bring their own Queue client and retries."""
+    return Worker(settings, client=client, policy=policy)
 
 
 class _FetchedEvent:
