@@ -39,14 +39,14 @@ from devtools.harness import delete_namespace  # noqa: E402
 from streams.replay.plan import select  # noqa: E402
 from streams.replay.runner import Replay, ReplayOptions  # noqa: E402
 from streams.shared.settings import load_settings  # noqa: E402
-from streams.shared.topics import ensure_topics  # noqa: E402
+from streams.shared.topics import changelog_topic, ensure_topics  # noqa: E402
 
 
 async def prepare(settings, tasks: int) -> None:
     await ensure_topics(settings)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
-    changelogs = [f"{settings.app_id}-{t}-changelog" for t in ("task-definitions", "run-artifacts")]
+    changelogs = [changelog_topic(settings, table) for table in ("task-definitions", "run-artifacts")]
     await admin.create_topics([NewTopic(name, settings.partitions, 1, topic_configs={"cleanup.policy": "compact"})
                                for name in changelogs])
     await admin.close()

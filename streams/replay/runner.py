@@ -54,6 +54,7 @@ from streams.shared import records
 from streams.shared.gc_pause import collector_paused
 from streams.shared.kafka_config import kafka_client_kwargs
 from streams.shared.settings import Settings
+from streams.shared.topics import changelog_topic
 from streams.taskcluster.lookup import process
 from streams.taskcluster.queue_client import QueueClient, QueueError, QueueUnavailable
 
@@ -322,6 +323,41 @@ async def _load_tables(consumer: AIOKafkaConsumer, wanted: Mapping[str, Callable
 # --- The replay -------------------------------------------------------------------------------------------
 
 
+class _RangeScan:
+    """The key pass over a range: which tasks (and partitions) it holds, its earliest timestamp, and its records
+    while they fit ``KEEP_BYTES``, so the re-run need not read the range a second time."""
+
+    def __init__(self, replay: Replay, *, decode_keys: bool) -> None:
+        self.replay = replay
+        self.decode_keys = decode_keys  # task-events keys are taskIds; rejected records must be decoded
+        self.task_ids: set[str] = set()
+        self.partitions: set[int] = set()
+        self.kept: list[list[Any]] | None = []
+        self.kept_bytes = 0
+
+    def note(self, chunk: list[Any]) -> None:
+        earliest = min(message.timestamp for message in chunk)
+        replay = self.replay
+        if replay.first_event_ms is None or earliest < replay.first_event_ms:
+            replay.first_event_ms = earliest
+        if self.kept is not None:
+            self.kept_bytes += sum(len(message.value or b"") for message in chunk)
+            if self.kept_bytes <= KEEP_BYTES:
+                self.kept.append(chunk)
+            else:
+                self.kept = None  # too big to hold: the re-run reads the range again
+        if self.decode_keys:  # the key is the taskId: no need to decode the envelope
+            for message in chunk:
+                if message.key:
+                    self.task_ids.add(message.key.decode("utf-8", "replace"))
+                    self.partitions.add(message.partition)
+            return
+        for item in replay._inputs(chunk, count=False):
+            if item.task_id:
+                self.task_ids.add(item.task_id)
+                self.partitions.add(item.partition)
+
+
 class Replay:
     def __init__(self, settings: Settings, options: ReplayOptions, *, progress: TextIO | None = None,
                  client: QueueClient | None = None) -> None:
@@ -358,102 +394,88 @@ class Replay:
                     gc.unfreeze()
 
     async def _run(self) -> ReplayResult:
-        settings, options = self.settings, self.options
+        """Read the range once for its task ids, load their tables, re-run the range, then report."""
         self.report.source_topic = self.source_topic
-        consumer = _consumer(settings)
+        consumer = _consumer(self.settings)
         await consumer.start()
-        producer: AIOKafkaProducer | None = None
-        own_client = False
+        self._producer: AIOKafkaProducer | None = None
+        self._own_client = False
         try:
             ranges = await self._ranges(consumer)
-            total = sum(r.size for r in ranges)
             jobs_end: dict[int, int] = {}
-            if options.diff:  # what the live worker had emitted before this replay adds anything
-                _, jobs_end = await _offsets(consumer, settings.topic("jobs"), range(settings.partitions))
+            if self.options.diff:  # what the live worker had emitted before this replay adds anything
+                _, jobs_end = await _offsets(consumer, self.settings.topic("jobs"), range(self.settings.partitions))
             started = time.monotonic()
-
-            task_ids: set[str] = set()
-            partitions: set[int] = set()
-            kept: list[list[Any]] | None = []  # the range's records while they fit KEEP_BYTES: read only once
-            kept_bytes = 0
-
-            def note(chunk: list[Any]) -> None:
-                nonlocal kept, kept_bytes
-                earliest = min(message.timestamp for message in chunk)
-                if self.first_event_ms is None or earliest < self.first_event_ms:
-                    self.first_event_ms = earliest
-                if kept is not None:
-                    kept_bytes += sum(len(message.value or b"") for message in chunk)
-                    if kept_bytes <= KEEP_BYTES:
-                        kept.append(chunk)
-                    else:
-                        kept = None  # too big to hold: the re-run reads the range again
-                if not options.rejected_only:  # the key is the taskId: no need to decode the envelope
-                    for message in chunk:
-                        if message.key:
-                            task_ids.add(message.key.decode("utf-8", "replace"))
-                            partitions.add(message.partition)
-                    return
-                for item in self._inputs(chunk, count=False):
-                    if item.task_id:
-                        task_ids.add(item.task_id)
-                        partitions.add(item.partition)
-
-            await _read(consumer, self.source_topic, ranges, note)
-            definitions_topic = f"{settings.app_id}-task-definitions-changelog"
-            listings_topic = f"{settings.app_id}-run-artifacts-changelog"
-            tables = await _load_tables(consumer, {
-                definitions_topic: task_ids.__contains__,
-                listings_topic: lambda key: key.partition("/")[0] in task_ids,
-            }, partitions)
-            definitions, listings = tables[definitions_topic], tables[listings_topic]
-            self.report.from_tables = len(definitions) + len(listings)
-            if gc.get_freeze_count() == 0:  # (a process that froze objects of its own is left alone)
-                gc.freeze()  # the tables live as long as the replay: no collection needs to walk them again
-                self._froze = True
-            if options.use_queue and self.client is None:
-                self.client = QueueClient(timeout=settings.queue_timeout, retries=settings.queue_retries)
-                own_client = True
-            lookup = ReplayLookup(definitions, listings, self.client if options.use_queue else None, self.report)
-
-            writer: JobWriter | None = None
-            if not options.dry_run:
-                producer = AIOKafkaProducer(**kafka_client_kwargs(settings), acks="all",
-                                            enable_idempotence=True, max_batch_size=512 * 1024,
-                                            client_id=f"{settings.app_id}-replay")
-                await producer.start()
-                writer = JobWriter(producer, settings.topic("jobs"))
-                await writer.start()
-            bar = Progress(total, self.progress_stream)
-            done = 0
-
-            async def rerun(chunk: list[Any]) -> None:
-                nonlocal done
-                await self._rerun(self._inputs(chunk), lookup, writer)
-                gc.collect(1)  # the chunk's cycles, if any (see Replay.run)
-                done += len(chunk)
-                bar.update(done)
-
-            if kept is None:
-                await _read(consumer, self.source_topic, ranges, rerun)
-            else:
-                for index in range(len(kept)):
-                    chunk, kept[index] = kept[index], []  # let each chunk go once it is done
-                    await rerun(chunk)
-                    del chunk
+            scan = _RangeScan(self, decode_keys=not self.options.rejected_only)
+            await _read(consumer, self.source_topic, ranges, scan.note)
+            lookup = await self._lookup(consumer, scan)
+            writer = await self._writer()
+            bar = Progress(sum(r.size for r in ranges), self.progress_stream)
+            done = await self._rerun_range(consumer, ranges, scan, lookup, writer, bar)
             if writer is not None:
                 await writer.confirm()  # the last chunk's jobs
             bar.update(done, final=True)
             self.report.seconds = time.monotonic() - started
             self.report.suppressed = self.guard.suppressed
-            diff_lines = await self._diff(consumer, jobs_end) if options.diff else []
+            diff_lines = await self._diff(consumer, jobs_end) if self.options.diff else []
             return ReplayResult(self.report, diff_lines, self.replay_id)
         finally:
-            if producer is not None:
-                await producer.stop()
-            if own_client and self.client is not None:
+            if self._producer is not None:
+                await self._producer.stop()
+            if self._own_client and self.client is not None:
                 await self.client.close()
             await consumer.stop()
+
+    async def _lookup(self, consumer: AIOKafkaConsumer, scan: _RangeScan) -> ReplayLookup:
+        """Definitions and listings of the range's tasks from the worker's changelogs, then the Queue API."""
+        definitions_topic = changelog_topic(self.settings, "task-definitions")
+        listings_topic = changelog_topic(self.settings, "run-artifacts")
+        tables = await _load_tables(consumer, {
+            definitions_topic: scan.task_ids.__contains__,
+            listings_topic: lambda key: key.partition("/")[0] in scan.task_ids,
+        }, scan.partitions)
+        definitions, listings = tables[definitions_topic], tables[listings_topic]
+        self.report.from_tables = len(definitions) + len(listings)
+        if gc.get_freeze_count() == 0:  # (a process that froze objects of its own is left alone)
+            gc.freeze()  # the tables live as long as the replay: no collection needs to walk them again
+            self._froze = True
+        if self.options.use_queue and self.client is None:
+            self.client = QueueClient(timeout=self.settings.queue_timeout, retries=self.settings.queue_retries)
+            self._own_client = True
+        return ReplayLookup(definitions, listings, self.client if self.options.use_queue else None, self.report)
+
+    async def _writer(self) -> JobWriter | None:
+        """Where re-run jobs go: the jobs topic, through an idempotent producer; none for a dry run."""
+        if self.options.dry_run:
+            return None
+        self._producer = AIOKafkaProducer(**kafka_client_kwargs(self.settings), acks="all", enable_idempotence=True,
+                                          max_batch_size=512 * 1024, client_id=f"{self.settings.app_id}-replay")
+        await self._producer.start()
+        writer = JobWriter(self._producer, self.settings.topic("jobs"))
+        await writer.start()
+        return writer
+
+    async def _rerun_range(self, consumer: AIOKafkaConsumer, ranges: Sequence[PartitionRange], scan: _RangeScan,
+                           lookup: ReplayLookup, writer: JobWriter | None, bar: Progress) -> int:
+        """Re-run every record of the range, chunk by chunk, from memory when the key pass kept it all."""
+        done = 0
+
+        async def rerun(chunk: list[Any]) -> None:
+            nonlocal done
+            await self._rerun(self._inputs(chunk), lookup, writer)
+            gc.collect(1)  # the chunk's cycles, if any (see Replay.run)
+            done += len(chunk)
+            bar.update(done)
+
+        if scan.kept is None:
+            await _read(consumer, self.source_topic, ranges, rerun)
+        else:
+            kept = scan.kept
+            for index in range(len(kept)):
+                chunk, kept[index] = kept[index], []  # let each chunk go once it is done
+                await rerun(chunk)
+                del chunk
+        return done
 
     async def _ranges(self, consumer: AIOKafkaConsumer) -> list[PartitionRange]:
         options, topic = self.options, self.source_topic
