@@ -36,6 +36,9 @@ COMMANDS: dict[str, Command] = {
     "demo": Command(
         "devtools.commands.demo",
         "run the whole bridge on a simulated workload and watch the jobs arrive"),
+    "treeherder": Command(
+        "devtools.commands.treeherder",
+        "run a real Treeherder locally (API and jobs ingester): up, down, push, status"),
     "source": Command(
         "tc_treeherder.commands.source",
         "run the Pulse source: task events from a durable Pulse queue into Kafka"),

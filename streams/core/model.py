@@ -6,32 +6,11 @@ Every caller (the Faust agent, ``tc-treeherder transform``, replays, benchmarks)
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any
 
-_T = TypeVar("_T")
-
-
-def _fills_slots(cls: type[_T]) -> type[_T]:
-    """Give a frozen slots dataclass an ``__init__`` that writes its slots directly.
-
-    The generated ``__init__`` of a frozen dataclass sets each field through ``object.__setattr__`` looked up by
-    name, about 0.1 µs a field; these values are built for every event. The replacement takes the same
-    arguments (every field, in order, by position or keyword, none optional) and leaves the instance as
-    frozen as before: only ``__init__`` writes the slots, ``setattr`` still raises.
-    """
-    names = [field.name for field in fields(cls)]  # type: ignore[arg-type]
-    assert all(f.default is MISSING and f.default_factory is MISSING for f in fields(cls))  # type: ignore[arg-type]
-    setters = {f"_set_{name}": cls.__dict__[name].__set__ for name in names}  # the slots' member descriptors
-    lines = [f"def __init__(self, {', '.join(names)}):", *(f"    _set_{name}(self, {name})" for name in names)]
-    namespace: dict[str, Any] = {}
-    exec("\n".join(lines), setters, namespace)  # source built above from the field names only
-    init = namespace["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"
-    init.__module__ = cls.__module__
-    cls.__init__ = init  # type: ignore[misc]
-    return cls
+from streams.core.fast import slots_init
 
 
 class EventKind(StrEnum):
@@ -56,7 +35,7 @@ class Stage(StrEnum):
     SOURCE = "source"  # the source connector could not make an envelope (e.g. a body that is not JSON)
 
 
-@_fills_slots
+@slots_init
 @dataclass(frozen=True, slots=True)
 class TaskEvent:
     """One Queue task event, validated: the envelope's routing facts plus its message body."""
@@ -88,7 +67,7 @@ class ListingFailed:
     reason: str
 
 
-@_fills_slots
+@slots_init
 @dataclass(frozen=True, slots=True)
 class JobMessage:
     """One job message for one destination, with the routing key it is published under."""
@@ -107,7 +86,7 @@ class JobMessage:
         }
 
 
-@_fills_slots
+@slots_init
 @dataclass(frozen=True, slots=True)
 class Jobs:
     """The event became these job messages (usually one)."""
@@ -115,7 +94,7 @@ class Jobs:
     messages: tuple[JobMessage, ...]
 
 
-@_fills_slots
+@slots_init
 @dataclass(frozen=True, slots=True)
 class Ignored:
     """The event is not for Treeherder (no matching route, no extra.treeherder, ...). Counted, not an error."""
@@ -125,7 +104,7 @@ class Ignored:
     stage: Stage
 
 
-@_fills_slots
+@slots_init
 @dataclass(frozen=True, slots=True)
 class Rejected:
     """The event was meant for Treeherder but cannot become a valid job; the reason says precisely why."""

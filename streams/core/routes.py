@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import NamedTuple
 
+from streams.core.fast import new_tuple
 from streams.core.model import Stage
 from streams.core.rules import Rules
 
@@ -71,4 +72,4 @@ def parse_route(route: str) -> TreeherderRoute:
         if not rest[0].isascii() or not rest[0].isdigit():
             raise RouteProblem(f"route {route!r}: push id {rest[0]!r} is not a non-negative integer")
         push_id = int(rest[0])
-    return tuple.__new__(TreeherderRoute, (route, prefix, name, revision, push_id))  # NamedTuple's __new__ is Python
+    return new_tuple(TreeherderRoute, (route, prefix, name, revision, push_id))

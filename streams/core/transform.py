@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from streams.core.facts import BadListing, JobFacts, artifact_links
+from streams.core.fast import new_tuple
 from streams.core.model import EventKind, Ignored, JobMessage, Jobs, ListingFailed, Outcome, Rejected, Stage, TaskEvent
 from streams.core.profiles import PROFILES
 from streams.core.routes import RouteProblem, TreeherderRoute, select_route
@@ -21,7 +22,6 @@ from streams.core.validation import config_errors, text_errors
 _RESOLVED = (EventKind.COMPLETED, EventKind.FAILED, EventKind.EXCEPTION)
 _RESOLVED_STATES = frozenset({"completed", "failed", "exception"})
 # A NamedTuple's own __new__ is a Python function; building one per event from a tuple skips that call.
-_new_tuple = tuple.__new__
 
 
 class _Cleared(NamedTuple):
@@ -76,7 +76,7 @@ def transform(
     prefix = route.prefix
     failure = listing.reason if listing is not None and isinstance(listing, ListingFailed) else None
     destination = rules.destination(prefix)
-    facts = _new_tuple(JobFacts, (event, task, route, destination, config, run_id, run, links, failure))
+    facts = new_tuple(JobFacts, (event, task, route, destination, config, run_id, run, links, failure))
     profile = PROFILES[rules.profile(prefix)]
     job = profile.build(facts)
     problem = profile.errors(job) or text_errors(job)
@@ -120,7 +120,7 @@ def _check(event: TaskEvent, task: Mapping[str, Any], rules: Rules) -> _Cleared 
 
     kind = event.kind
     if kind is EventKind.DEFINED:
-        return _new_tuple(_Cleared, (route, config, None))  # a task-defined job is built without a run
+        return new_tuple(_Cleared, (route, config, None))  # a task-defined job is built without a run
     run = event.run
     if run is None:
         return Ignored(task_id, f"task-{kind.value} names no run of the task: nothing to report", Stage.JOB)
@@ -130,7 +130,7 @@ def _check(event: TaskEvent, task: Mapping[str, Any], rules: Rules) -> _Cleared 
             f"run {event.run_id} was created as an exception (e.g. deadline exceeded before it ran): no job",
             Stage.JOB,
         )
-    return _new_tuple(_Cleared, (route, config, run))
+    return new_tuple(_Cleared, (route, config, run))
 
 
 _NO_EXTRA: Mapping[str, Any] = MappingProxyType({})

@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from streams.shared.kafka_config import kafka_client_kwargs
+from streams.shared.settings import Settings
 from streams.taskcluster.lookup import QueueLookup
 from streams.taskcluster.queue_client import QueueClient
 from tc_treeherder.observability import explain
@@ -56,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON document per task on stdout")
 
 
-def run(args: argparse.Namespace, settings: Any) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
     root_url = (args.root_url or settings.taskcluster_root_url).rstrip("/")
@@ -114,7 +115,7 @@ def _read_documents(target: str) -> list[tuple[str, Any]]:
     return [("file", whole)]
 
 
-async def _explain(args: argparse.Namespace, settings: Any, root_url: str, documents: list[tuple[str, Any]],
+async def _explain(args: argparse.Namespace, settings: Settings, root_url: str, documents: list[tuple[str, Any]],
                    is_file: bool) -> list[Any]:
 
     rules = settings.rules()
@@ -154,7 +155,7 @@ def _kafka_errors() -> tuple[type[BaseException], ...]:
     return (KafkaError,)
 
 
-async def read_task_events(settings: Any, task_id: str, wait: float = 30.0) -> list[tuple[str, Any]]:
+async def read_task_events(settings: Settings, task_id: str, wait: float = 30.0) -> list[tuple[str, Any]]:
     """Every envelope of ``task_id`` still in the task-events topic, in order, labelled by position.
 
     The source keys records by taskId with Kafka's default partitioner, so only that partition is read.

@@ -24,7 +24,10 @@ import orjson
 
 from connectors.pulse_source import AMQP_TRANSIENT, cc_routes
 from streams.core.model import EventKind
+from streams.core.pulse_job import job_result
+from streams.core.routes import RouteProblem, parse_route
 from streams.shared.redact import public_url
+from streams.shared.settings import Settings
 
 EPILOG = """\
 examples:
@@ -45,7 +48,6 @@ within --timeout, or Pulse / the exchange unreachable; 2 the command was misused
 RESULT_COLORS = {"success": "32", "fail": "33", "testfailed": "33", "busted": "31", "exception": "35",
                  "canceled": "36", "superseded": "36", "retry": "34", "unknown": "37"}
 STATE_COLORS = {"pending": "37", "running": "34", "unscheduled": "37"}
-TASK_RESULTS = {"completed": "success", "failed": "fail"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +81,15 @@ def describe_job(exchange: str, routing_key: str, body: Any) -> Seen:
 
 
 def route_project(routes: Sequence[str], prefixes: Sequence[str]) -> str | None:
-    """The project of the first ``route.<prefix>.v2.<project>.<revision>`` CC key (owner/ cut off)."""
-    for route in routes:
-        words = route.removeprefix("route.").split(".")
-        if len(words) >= 4 and words[0] in prefixes and words[1] == "v2":
-            return words[2].rpartition("/")[2]
+    """The project of the first ``route.<prefix>.v2.<project>.<revision>`` CC key that the core's route parser
+    accepts (owner/ cut off, as for the job)."""
+    for cc in routes:
+        route = cc.removeprefix("route.")
+        if route.partition(".")[0] in prefixes:
+            try:
+                return parse_route(route).project
+            except RouteProblem:
+                continue
     return None
 
 
@@ -97,10 +103,10 @@ def describe_task_event(exchange: str, routing_key: str, cc: Sequence[str], body
     run = runs[run_id] if isinstance(run_id, int) and 0 <= run_id < len(runs) else (runs[-1] if runs else {})
     state = run.get("state") if isinstance(run, Mapping) else None
     kind = exchange.rpartition("/")[2]
-    result = TASK_RESULTS.get(state or "")
-    if state == "exception":
-        reason = run.get("reasonResolved")
-        result = reason if reason in ("canceled", "superseded") else "exception"
+    try:  # the result the job would get, by the core's own mapping
+        result = job_result(EventKind(kind.removeprefix("task-")), run if state else None)
+    except ValueError:
+        result = "unknown"
     task = f"{status.get('taskId', '?')}/{run_id if run_id is not None else '-'}"
     return Seen(exchange, routing_key, route_project(cc, prefixes), state or status.get("state"), result, task,
                 kind, body)
@@ -148,7 +154,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after this many seconds")
 
 
-def run(args: argparse.Namespace, settings: Any) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.count is not None and args.count < 1:
         return _usage("--count must be at least 1")
@@ -169,7 +175,7 @@ def _usage(message: str) -> int:
     return 2
 
 
-def _targets(args: argparse.Namespace, settings: Any) -> dict[str, list[str]]:
+def _targets(args: argparse.Namespace, settings: Settings) -> dict[str, list[str]]:
     """Pulse URL -> exchanges to bind."""
     if args.task_events:
 
@@ -192,7 +198,7 @@ def _targets(args: argparse.Namespace, settings: Any) -> dict[str, list[str]]:
     return targets
 
 
-async def _inspect(args: argparse.Namespace, settings: Any, targets: dict[str, list[str]]) -> int:
+async def _inspect(args: argparse.Namespace, settings: Settings, targets: dict[str, list[str]]) -> int:
 
 
 

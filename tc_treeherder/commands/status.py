@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from streams.shared.settings import Settings
 from tc_treeherder.observability.lag import LagMonitor, all_groups
 from tc_treeherder.observability.status import health_checks, summary
 
@@ -35,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the status as one JSON document")
 
 
-def run(args: argparse.Namespace, settings: Any) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.max_lag < 0:
         print("tc-treeherder status: --max-lag must not be negative", file=sys.stderr)
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     return 0 if status["healthy"] else 1
 
 
-async def gather(settings: Any, url: str | None, max_lag: int) -> dict[str, Any]:
+async def gather(settings: Settings, url: str | None, max_lag: int) -> dict[str, Any]:
     """Kafka's view (always) and the worker's (with ``url``), checked alike."""
 
     topics = [settings.topic("rejected")]

@@ -22,6 +22,7 @@ from typing import IO, Any
 import orjson
 
 from streams.core.model import Ignored, Jobs, Rejected, Stage
+from streams.shared.settings import Settings
 from streams.taskcluster.lookup import QueueLookup, process
 from streams.taskcluster.queue_client import QueueClient, QueueUnavailable
 
@@ -46,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", nargs="?", metavar="FILE", help="JSON lines to read (default: stdin)")
 
 
-def run(args: argparse.Namespace, settings: Any) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
 
     root_url = (args.root_url or settings.taskcluster_root_url).rstrip("/")
     if not root_url.startswith(("http://", "https://")):
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     return 0
 
 
-async def _transform(source: IO[bytes], root_url: str, settings: Any) -> None:
+async def _transform(source: IO[bytes], root_url: str, settings: Settings) -> None:
 
 
     rules = settings.rules()

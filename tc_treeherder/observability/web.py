@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from streams.shared.settings import Settings
 from tc_treeherder.observability.lag import LagMonitor, sink_groups
 from tc_treeherder.observability.metrics import (
     CONTENT_TYPE,
@@ -84,7 +85,7 @@ class MetricsServer:
         return web.json_response(body, status=200 if body["ok"] else 503)
 
 
-def metrics_server(settings: Any, process: str, connector: Any) -> MetricsServer:
+def metrics_server(settings: Settings, process: str, connector: Any) -> MetricsServer:
     """The /metrics server of the source or the sink, on its configured port (0: none).
 
     The sink's server also reports the lag of its destinations' consumer groups.
