@@ -37,6 +37,7 @@ down: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 # The fault matrix (benchmarks/faults.py): each fault on a 20,000-event workload, jobs counted against the
 # simulator's oracle; prints a table, writes bench-results/faults.json. FAULTS_ARGS="--faults sink-kill9 ..."
