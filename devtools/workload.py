@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from streams.core.rules import DEFAULT_ROUTE_PREFIXES
 from streams.shared.gc_pause import collector_paused
-from streams.shared.settings import DEFAULT_ROUTE_PREFIXES, DEFAULT_TASK_EXCHANGE_PREFIX
+from streams.shared.settings import DEFAULT_TASK_EXCHANGE_PREFIX
 
 Envelope = dict[str, Any]
 
