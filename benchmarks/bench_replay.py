@@ -10,6 +10,9 @@ writes), then times the replay of the whole range: the key pass, the changelog r
 The range is written once and replayed ``--repeats`` times (the machine is shared: compare medians); the
 namespace is deleted afterwards. ``--profile`` writes a cProfile of the replays (read it with ``pstats``).
 
+Beside each replay, a raw aiokafka consumer reads what the replay reads (the task-events range and the two
+changelogs) and nothing more: the replay's rate as a ratio of that read travels between machines.
+
 Needs Kafka at TC_TREEHERDER_KAFKA_BOOTSTRAP (default: the test broker, localhost:19092).
 """
 
@@ -30,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
 import slugid  # noqa: E402
-from aiokafka import AIOKafkaProducer  # noqa: E402
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 from aiokafka.partitioner import murmur2  # noqa: E402
 
@@ -38,6 +41,7 @@ from devtools.factories import make_artifacts, make_envelope, make_event, make_t
 from devtools.harness import delete_namespace  # noqa: E402
 from streams.replay.plan import select  # noqa: E402
 from streams.replay.runner import Replay, ReplayOptions  # noqa: E402
+from streams.shared.kafka_config import kafka_client_kwargs  # noqa: E402
 from streams.shared.settings import load_settings  # noqa: E402
 from streams.shared.topics import changelog_topic, ensure_topics  # noqa: E402
 
@@ -75,10 +79,38 @@ async def replay_once(settings, *, dry_run: bool = False):
     return result.report
 
 
+async def raw_read(settings) -> tuple[int, float]:
+    """Read every record of task-events and of the two changelogs with a bare consumer: (events, seconds)."""
+    topics = [settings.topic("task-events"), *(changelog_topic(settings, table)
+                                               for table in ("task-definitions", "run-artifacts"))]
+    consumer = AIOKafkaConsumer(**kafka_client_kwargs(settings), enable_auto_commit=False,
+                                auto_offset_reset="earliest", max_partition_fetch_bytes=4 << 20)
+    await consumer.start()
+    try:
+        started = time.monotonic()
+        partitions = [TopicPartition(topic, p) for topic in topics for p in range(settings.partitions)]
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        remaining = {tp for tp, end in ends.items() if end > 0}
+        events = 0
+        while remaining:
+            for tp, batch in (await consumer.getmany(*remaining, timeout_ms=1000, max_records=5000)).items():
+                if tp.topic == topics[0]:
+                    events += len(batch)
+                if batch and batch[-1].offset + 1 >= ends[tp]:
+                    remaining.discard(tp)
+        return events, time.monotonic() - started
+    finally:
+        await consumer.stop()
+
+
 async def measure(settings, tasks: int, *, dry_run: bool = False):
-    """Write ``tasks`` lifecycles and their table records, then replay them; returns the replay's report."""
+    """Write ``tasks`` lifecycles and their table records, then replay them; returns the replay's report and
+    the raw read's rate of the same range (events/s)."""
     await prepare(settings, tasks)
-    return await replay_once(settings, dry_run=dry_run)
+    events, seconds = await raw_read(settings)
+    return await replay_once(settings, dry_run=dry_run), events / seconds
 
 
 async def main() -> None:
@@ -106,7 +138,9 @@ async def main() -> None:
             reports.append(await replay_once(settings, dry_run=args.dry_run))
             if profiler is not None:
                 profiler.disable()
-            print(f"  replay {len(reports)}: {reports[-1].rate:,.0f} events/s")
+            events, seconds = await raw_read(settings)
+            print(f"  replay {len(reports)}: {reports[-1].rate:,.0f} events/s; raw read {events / seconds:,.0f}/s;"
+                  f" ratio {reports[-1].rate * seconds / events:.2f}")
         if profiler is not None:
             profiler.dump_stats(args.profile)
         median = sorted(reports, key=lambda report: report.rate)[len(reports) // 2]
