@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 COMMIT_INTERVAL = 0.5  # seconds between offset commits while records flow
 STOP_GRACE = 15.0  # seconds a stopping loop waits for outstanding confirms before it gives up on them
 SINK_STAGE = "sink"
+ROOT_URL_HEADER = "taskcluster-root-url"  # the job's Taskcluster deployment, for a Treeherder that takes several
 
 
 @dataclass(slots=True)
@@ -233,8 +234,10 @@ class DestinationLoop:
 
     async def _publish(self, exchange: AbstractExchange, record: records.JobRecord, tp: TopicPartition,
                        offset: int) -> None:
+        root_url = record.root_url or self.sink.settings.taskcluster_root_url
         message = aio_pika.Message(record.job_body(), content_type="application/json",
-                                   delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+                                   delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                                   headers={ROOT_URL_HEADER: root_url})
         started = time.monotonic()
         try:
             await exchange.publish(message, routing_key=record.routing_key)

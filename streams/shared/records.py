@@ -177,15 +177,22 @@ class JobRecord:
     job: Mapping[str, Any]
     source_partition: int | None
     source_offset: int | None
+    # The Taskcluster deployment the task ran in; the sink sends it as the ``taskcluster-root-url`` header so one
+    # Treeherder can take jobs from several deployments. None in records written before it existed: the sink
+    # then sends its own configured root URL.
+    root_url: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        record = {
             "destination": self.destination,
             "project": self.project,
             "routingKey": self.routing_key,
             "job": self.job,
             "source": _source(None, self.source_partition, self.source_offset),
         }
+        if self.root_url:
+            record["rootUrl"] = self.root_url
+        return record
 
     def encode(self) -> bytes:
         return orjson.dumps(self.to_json())
@@ -203,9 +210,14 @@ def _source(topic: str | None, partition: int | None, offset: int | None) -> dic
     return source
 
 
-def encode_job_record(message: JobMessage, *, partition: int | None, offset: int | None) -> bytes:
-    """Bytes of the job record for ``message``, made from the task event at ``partition``/``offset``."""
-    return orjson.dumps({**message.to_record(), "source": _source(None, partition, offset)})
+def encode_job_record(message: JobMessage, *, partition: int | None, offset: int | None,
+                      root_url: str | None = None) -> bytes:
+    """Bytes of the job record for ``message``, made from the task event at ``partition``/``offset`` of the
+    Taskcluster deployment at ``root_url``."""
+    record = {**message.to_record(), "source": _source(None, partition, offset)}
+    if root_url:
+        record["rootUrl"] = root_url
+    return orjson.dumps(record)
 
 
 def decode_job_record(value: bytes | str) -> JobRecord:
@@ -219,6 +231,7 @@ def decode_job_record(value: bytes | str) -> JobRecord:
         job=_field(data, "job", dict, what),
         source_partition=_field(source, "partition", int, f"{what} source", optional=True),
         source_offset=_field(source, "offset", int, f"{what} source", optional=True),
+        root_url=_field(data, "rootUrl", str, what, optional=True) or None,
     )
 
 

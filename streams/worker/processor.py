@@ -181,10 +181,15 @@ class EventProcessor:
         except QueueUnavailable as error:
             outcome = Rejected(_task_id(event), f"Queue API unavailable: {error}", Stage.TASK)
         if isinstance(outcome, Jobs):
-            return self._jobs(outcome, event, source)
+            return self._jobs(outcome, event, source, self._root_url(raw))
         return [self._rejected(outcome, event, source, raw_envelope=raw)]
 
-    def _jobs(self, outcome: Jobs, event: SourceEvent, source: dict[str, Any]) -> list[OutputRecord]:
+    def _root_url(self, raw: Any) -> str:
+        """The event's Taskcluster root URL as the transform read it (the envelope's, else the default)."""
+        given = raw.get("rootUrl") if isinstance(raw, dict) else None
+        return (given if isinstance(given, str) and given else self.default_root_url).rstrip("/")
+
+    def _jobs(self, outcome: Jobs, event: SourceEvent, source: dict[str, Any], root_url: str) -> list[OutputRecord]:
         output = []
         for message in outcome.messages:
             key = state_guard.guard_key(message.destination, message.job)
@@ -202,7 +207,8 @@ class EventProcessor:
                 event.state.store_emitted(key, admitted)
             self.counts.jobs[message.destination] += 1
             self.counts.states[f"{message.job['state']}/{message.job.get('result', 'unknown')}"] += 1
-            value = records.encode_job_record(message, partition=event.partition, offset=event.offset)
+            value = records.encode_job_record(message, partition=event.partition, offset=event.offset,
+                                              root_url=root_url)
             output.append(OutputRecord("jobs", event.key or b"", value))
         return output
 

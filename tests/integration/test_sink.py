@@ -37,11 +37,12 @@ def message(destination: str, project: str, task: int) -> JobMessage:
     return JobMessage(destination, project, f"{destination}.{project}._", job(task))
 
 
-async def produce_jobs(settings: Settings, messages: Sequence[JobMessage]) -> None:
+async def produce_jobs(settings: Settings, messages: Sequence[JobMessage], root_url: str | None = None) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     await producer.start()
     try:
-        futures = [await producer.send(settings.topic("jobs"), records.encode_job_record(m, partition=0, offset=i),
+        futures = [await producer.send(settings.topic("jobs"),
+                                       records.encode_job_record(m, partition=0, offset=i, root_url=root_url),
                                        key=f"task-{m.job['taskId']}".encode())
                    for i, m in enumerate(messages)]
         await asyncio.gather(*futures)
@@ -131,7 +132,8 @@ async def test_jobs_reach_the_exchange_persistent_json_and_offsets_follow_confir
     queue_name = f"queue/guest/{settings.namespace}/jobs"
     await bind(production.pulse_url, production.exchange, "tc-treeherder.try.#", queue_name)
     jobs = [message("tc-treeherder", "try", i) for i in range(60)]
-    await produce_jobs(settings, jobs)
+    await produce_jobs(settings, jobs[:30], root_url="https://tc.example.com")
+    await produce_jobs(settings, jobs[30:])  # records of an older worker: no root URL
 
     async with running_sink(settings, [production]) as sink:
         delivered = await collect(production.pulse_url, queue_name, count=len(jobs))
@@ -143,6 +145,8 @@ async def test_jobs_reach_the_exchange_persistent_json_and_offsets_follow_confir
         assert incoming.exchange == production.exchange
         assert incoming.content_type == "application/json"
         assert incoming.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    root_urls = Counter(incoming.headers["taskcluster-root-url"] for incoming in delivered)
+    assert root_urls == {"https://tc.example.com": 30, settings.taskcluster_root_url: 30}  # else the sink's own
     assert await committed_total(settings, "tc-treeherder") == len(jobs)  # = confirmed messages
 
 

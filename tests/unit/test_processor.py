@@ -94,6 +94,18 @@ async def test_a_task_is_fetched_once_and_its_jobs_keep_event_order(standin, cli
     assert standin.stats["requests"] == {"task": 1, "artifacts": 2}, "served from the tables the second time"
 
 
+async def test_a_job_record_names_the_root_url_of_its_event(standin, client):
+    standin.add_task(TASK_ID, make_task())
+    state = DictState()
+    processor = EventProcessor(Rules(), client, default_root_url=standin.root_url)
+    given = await processor.process_batch(records_of(state, standin.root_url + "/", make_event("pending")))
+    assert [record["rootUrl"] for _, record in decoded(given)] == [standin.root_url]
+    envelope = make_envelope(make_event("running"), root_url=standin.root_url)
+    del envelope["rootUrl"]  # an envelope without one takes the worker's default, as the transform did
+    defaulted = await processor.process_batch(records_of(state, standin.root_url, orjson.dumps(envelope)))
+    assert [record["rootUrl"] for _, record in decoded(defaulted)] == [standin.root_url]
+
+
 async def test_a_late_event_does_not_take_a_run_backwards(standin, client):
     standin.add_task(TASK_ID, make_task())
     state = DictState()

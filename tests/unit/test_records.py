@@ -95,6 +95,18 @@ def test_job_record_round_trip() -> None:
     assert records.decode_job_record(record.encode()) == record
 
 
+def test_a_job_record_carries_its_root_url_and_an_older_record_reads_without_one() -> None:
+    message = JobMessage("tc-treeherder", "try", "tc-treeherder.try._", {"state": "running"})
+    raw = records.encode_job_record(message, partition=0, offset=1, root_url="https://tc.example.com")
+    assert orjson.loads(raw)["rootUrl"] == "https://tc.example.com"
+    record = records.decode_job_record(raw)
+    assert record.root_url == "https://tc.example.com"
+    assert records.decode_job_record(record.encode()) == record
+    older = records.decode_job_record(records.encode_job_record(message, partition=0, offset=1))
+    assert older.root_url is None  # written before the field existed: the sink falls back to its setting
+    assert "rootUrl" not in orjson.loads(older.encode())
+
+
 def test_a_job_record_without_a_job_is_refused() -> None:
     with pytest.raises(records.RecordError, match="'job'"):
         records.decode_job_record(orjson.dumps({"destination": "d", "project": "p", "routingKey": "r"}))
