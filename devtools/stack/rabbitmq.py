@@ -2,7 +2,11 @@
 
 The package is installed when missing (as root), the node is named ``rabbit@localhost`` so that boot does
 not depend on the machine's host name resolving, and the management plugin is enabled for its UI and HTTP
-API. ``stop`` only stops a node that ``start`` (or the install it ran) brought up: a marker under
+API. Debian's node listens on every interface, with the guest account; the configuration written here binds
+every port it opens to 127.0.0.1 instead, like the local Kafka: AMQP and management in ``rabbitmq.conf``,
+the Erlang distribution port and epmd in ``rabbitmq-env.conf`` (RabbitMQ's networking guide).
+
+``stop`` only stops a node that ``start`` (or the install it ran) brought up: a marker under
 ``<state_dir>/rabbitmq`` records that, with the node's pid.
 """
 
@@ -78,18 +82,52 @@ def _require(result: subprocess.CompletedProcess[str], what: str) -> None:
         raise StackError(f"{what} failed (exit {result.returncode}):\n{output}")
 
 
-def _write_env_conf() -> None:
-    """Name the node rabbit@localhost: a host name that does not resolve makes boot fail (epmd nxdomain)."""
-    conf = ETC / "rabbitmq-env.conf"
-    text = conf.read_text() if conf.exists() else ""
-    if f"NODENAME={NODENAME}" in text.splitlines():
-        return
-    ETC.mkdir(parents=True, exist_ok=True)
-    kept = [line for line in text.splitlines() if not line.startswith("NODENAME=")]
-    conf.write_text("\n".join([*kept, f"NODENAME={NODENAME}"]) + "\n")
+# rabbitmq-env.conf is sourced by the node's start script (names without the RABBITMQ_ prefix).
+# NODENAME: a host name that does not resolve makes boot fail (epmd nxdomain). ERL_EPMD_ADDRESS: the address
+# epmd binds when the node starts it (exported, so epmd inherits it). SERVER_ADDITIONAL_ERL_ARGS: the
+# interface of the node's Erlang distribution listener (25672).
+ENV_SETTINGS = {
+    "NODENAME": NODENAME,
+    "export ERL_EPMD_ADDRESS": "127.0.0.1",
+    "SERVER_ADDITIONAL_ERL_ARGS": '"-kernel inet_dist_use_interface {127,0,0,1}"',
+}
+# rabbitmq.conf (sysctl format): AMQP and the management UI on loopback only. ``listeners.tcp.local``
+# replaces the default listener (``listeners.tcp.default = 5672``, every interface).
+def conf_settings(port: int = 5672) -> dict[str, str]:
+    return {"listeners.tcp.local": f"127.0.0.1:{port}", "management.tcp.ip": "127.0.0.1",
+            "management.tcp.port": str(MANAGEMENT_PORT)}
 
 
-def install(log: Log = _quiet) -> None:
+def set_lines(text: str, settings: dict[str, str], separator: str) -> str:
+    """``text`` with one ``key<separator>value`` line per setting (replacing any line that sets the key, and
+    ``listeners.tcp.<name>`` lines of other names, which would open more listeners); other lines are kept."""
+    def owned(line: str) -> bool:
+        key = line.split(separator.strip(), 1)[0].strip()
+        return key in settings or (key.startswith("listeners.tcp.") and "listeners.tcp.local" in settings)
+
+    kept = [line for line in text.splitlines() if not owned(line)]
+    return "\n".join([*kept, *(f"{key}{separator}{value}" for key, value in settings.items())]) + "\n"
+
+
+def _write_conf(path: Path, settings: dict[str, str], separator: str) -> bool:
+    """Make ``path`` hold ``settings``; True when it had to change."""
+    text = path.read_text() if path.exists() else ""
+    wanted = set_lines(text, settings, separator)
+    if wanted == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(wanted)
+    return True
+
+
+def _write_env_conf(port: int = 5672) -> bool:
+    """The node's name and loopback-only configuration; True when a file changed (a running node keeps the
+    old settings until it restarts)."""
+    changed = _write_conf(ETC / "rabbitmq-env.conf", ENV_SETTINGS, "=")
+    return _write_conf(ETC / "rabbitmq.conf", conf_settings(port), " = ") or changed
+
+
+def install(log: Log = _quiet, port: int = 5672) -> None:
     """Install Debian's rabbitmq-server (root only); the env file is written first so any auto-start works."""
     if os.geteuid() != 0:
         raise StackError("RabbitMQ is not installed and this user cannot install it. Install it once with "
@@ -98,7 +136,7 @@ def install(log: Log = _quiet) -> None:
     if shutil.which("apt-get") is None:
         raise StackError("RabbitMQ is not installed and apt-get is missing: install rabbitmq-server with this "
                          "system's package manager, or point TC_TREEHERDER_PULSE_URL at a running RabbitMQ.")
-    _write_env_conf()
+    _write_env_conf(port)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     log("installing rabbitmq-server with apt-get (once)")
     _require(_run(["apt-get", "update", "-q"], env=env), "apt-get update")
@@ -158,14 +196,17 @@ def start(node: RabbitNode, *, log: Log = _quiet, timeout: float = 90.0) -> str:
         if _answers(node):
             return "running" if started_by_us(node) else "reused"
         if not installed():
-            install(log)
+            install(log, node.port)
             if wait_until(lambda: _answers(node, 1.0), timeout=5):  # the package started a node itself
                 node.marker.write_text(f"{node_pid() or ''}\n")
                 return "started"
         if os.geteuid() == 0:
-            _write_env_conf()
+            _write_env_conf(node.port)
+        else:
+            log("not root: /etc/rabbitmq is left as it is (the node may listen on every interface)")
         _enable_management(log)
         if node_pid() is None:
+            _stop_idle_epmd()  # one left by an earlier node keeps its old address; the node starts a new one
             log(f"starting RabbitMQ ({NODENAME}, logs: {LOG_DIR})")
             _require(_run([str(SBIN / "rabbitmq-server"), "-detached"], timeout=60), "rabbitmq-server -detached")
         else:
@@ -189,6 +230,19 @@ def stop(node: RabbitNode, timeout: float = 60.0) -> str:
             return "not running"
         result = _run([str(SBIN / "rabbitmqctl"), "-q", "shutdown", "--timeout", str(int(timeout))],
                       timeout=timeout + 30)
-        if result.returncode == 0 and not is_alive(pid):
-            return "stopped"
-        return "killed" if stop_pid(pid, timeout=15) else "stopped"
+        killed = not (result.returncode == 0 and not is_alive(pid)) and stop_pid(pid, timeout=15)
+        _stop_idle_epmd()
+        return "killed" if killed else "stopped"
+
+
+def _stop_idle_epmd() -> None:
+    """Stop epmd (Erlang's port mapper, which a node starts and leaves running) when no node is registered
+    with it: ``epmd -kill`` refuses while any node is. An epmd outlives the node that started it, with the
+    address it was started with, so a node configured for loopback would otherwise keep an old epmd that
+    listens on every interface."""
+    epmd = shutil.which("epmd")
+    if epmd is None:
+        return
+    names = _run([epmd, "-names"], timeout=10)
+    if names.returncode == 0 and "\nname " not in f"\n{names.stdout}":
+        _run([epmd, "-kill"], timeout=10)
