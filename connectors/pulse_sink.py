@@ -8,8 +8,12 @@ publisher confirms, up to ``sink_max_in_flight`` unconfirmed at once, and commit
 up to the last record below which every record is confirmed (or was not for it).
 
 Delivery: at least once. When the Pulse connection fails, the loop rewinds each partition to that committed
-position and publishes again from there once reconnected: a job is published twice only if it was inside the
-in-flight window (at most ``sink_max_in_flight`` per destination and failure).
+position and reads again from there once reconnected. What it reads again is published again only when no
+confirm vouches for it (``Resend``): a record the broker confirmed is not sent twice, and neither is an older
+state of a run whose later state the broker confirmed, which would take the run back on the exchange (a
+channel's messages reach the broker in order, so that older message went first; only a nack says it did not).
+A job is published twice only if it was unconfirmed in the window (at most ``sink_max_in_flight`` per
+destination and failure). A killed sink forgets its confirms and publishes the window again.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from connectors.base import Backoff, Connector
 from connectors.pulse_source import AMQP_TRANSIENT, SessionLost
+from streams.core.state_guard import STATE_RANK
 from streams.shared import records
 from streams.shared.kafka_config import kafka_client_kwargs
 from streams.shared.settings import Destination, Settings
@@ -49,6 +54,7 @@ class DestinationCounts:
     passed_over: int = 0  # records for other destinations
     rejected: int = 0  # records that are not job records
     reconnects: int = 0
+    not_resent: int = 0  # records read again after a failure whose delivery a confirm already vouched for
     confirm_latency: LatencyTally = field(default_factory=LatencyTally)  # publish -> broker confirm
 
 
@@ -109,6 +115,92 @@ class OffsetTracker:
                 table.pop(tp, None)
 
 
+def run_and_rank(job: object) -> tuple[str, int] | None:
+    """The run a job message is about (its ``taskId``, ``<task>/<run>``) and the rank of its state."""
+    if not isinstance(job, dict):
+        return None
+    task, state = job.get("taskId"), job.get("state")
+    if not isinstance(task, str) or state not in STATE_RANK:
+        return None
+    return task, STATE_RANK[state]
+
+
+class Resend:
+    """Which records read again after a failed session need publishing again, per partition.
+
+    While a session runs it remembers each confirmed record above the committed offset (offset -> run and
+    rank). When the session fails, the records from the committable offset on are read again; ``vouched``
+    says which of them a confirm already covers: the record itself was confirmed, or a later record of the
+    same run with a further state was (the older one went out before it on the same channel, unless the
+    broker nacked it). Everything else is published again, in order.
+    """
+
+    def __init__(self) -> None:
+        self._confirmed: dict[TopicPartition, dict[int, tuple[str, int] | None]] = {}
+        self._nacked: dict[TopicPartition, set[int]] = {}
+        # After a failure, per partition: confirmed offsets, the furthest confirmed (rank, offset) per run,
+        # and the offset past which nothing read again is vouched for.
+        self._replay: dict[TopicPartition, tuple[set[int], dict[str, tuple[int, int]], set[int], int]] = {}
+
+    def confirmed(self, tp: TopicPartition, offset: int, job: object) -> None:
+        self._confirmed.setdefault(tp, {})[offset] = run_and_rank(job)
+
+    def nacked(self, tp: TopicPartition, offset: int) -> None:
+        self._nacked.setdefault(tp, set()).add(offset)
+
+    def committed(self, offsets: dict[TopicPartition, int]) -> None:
+        """Confirms below a committed offset are not read again: forget them."""
+        for tp, offset in offsets.items():
+            confirmed = self._confirmed.get(tp)
+            if confirmed:
+                for done in [o for o in confirmed if o < offset]:
+                    del confirmed[done]
+
+    def failed(self) -> None:
+        """The session failed: what was confirmed so far vouches for the records read again."""
+        for tp, confirmed in self._confirmed.items():
+            if not confirmed:
+                continue
+            furthest: dict[str, tuple[int, int]] = {}
+            for offset, run in confirmed.items():
+                if run is not None and run[1] >= furthest.get(run[0], (-1, -1))[0]:
+                    furthest[run[0]] = (run[1], offset)
+            nacked, end = self._nacked.get(tp, set()), max(confirmed) + 1
+            if tp in self._replay:  # failed again while reading again: the earlier confirms still count
+                earlier, earlier_furthest, earlier_nacked, earlier_end = self._replay[tp]
+                confirmed_offsets = set(confirmed) | earlier
+                for run, (rank, offset) in earlier_furthest.items():
+                    if rank > furthest.get(run, (-1, -1))[0]:
+                        furthest[run] = (rank, offset)
+                self._replay[tp] = (confirmed_offsets, furthest, nacked | earlier_nacked, max(end, earlier_end))
+            else:
+                self._replay[tp] = (set(confirmed), furthest, nacked, end)
+        self._confirmed.clear()
+        self._nacked.clear()
+
+    def vouched(self, tp: TopicPartition, offset: int, job: object) -> bool:
+        """True when the record at ``offset`` need not be published again (see the class)."""
+        replay = self._replay.get(tp)
+        if replay is None:
+            return False
+        confirmed, furthest, nacked, end = replay
+        if offset >= end:
+            del self._replay[tp]
+            return False
+        if offset in confirmed:
+            return True
+        run = run_and_rank(job)
+        if run is None or offset in nacked:
+            return False
+        rank, at = furthest.get(run[0], (-1, -1))
+        return run[1] < rank and offset < at
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        for tp in partitions:
+            for table in (self._confirmed, self._nacked, self._replay):
+                table.pop(tp, None)
+
+
 class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, loop: DestinationLoop) -> None:
         self.loop = loop
@@ -116,9 +208,11 @@ class _Rebalance(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         await self.loop.commit()  # keep what is confirmed; the rest is published again by the new owner
         self.loop.tracker.forget(revoked)
+        self.loop.resend.forget(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.loop.tracker.forget(assigned)
+        self.loop.resend.forget(assigned)
 
 
 class DestinationLoop:
@@ -129,6 +223,7 @@ class DestinationLoop:
         self.destination = destination
         self.counts = sink.counts.per_destination.setdefault(destination.name, DestinationCounts())
         self.tracker = OffsetTracker()
+        self.resend = Resend()
         self.label = f"sink[{destination.name}]"
         self._consumer: AIOKafkaConsumer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -228,6 +323,11 @@ class DestinationLoop:
                 self.tracker.settled(tp, offset)
                 self._slots.release()
                 return
+            if self.resend.vouched(tp, offset, record.job):  # read again after a failure, already delivered
+                self.counts.not_resent += 1
+                self.tracker.settled(tp, offset)
+                self._slots.release()
+                return
             task = asyncio.create_task(self._publish(exchange, record, tp, offset))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -241,11 +341,15 @@ class DestinationLoop:
         started = time.monotonic()
         try:
             await exchange.publish(message, routing_key=record.routing_key)
-        except (*AMQP_TRANSIENT, aio_pika.exceptions.DeliveryError) as error:
+        except aio_pika.exceptions.DeliveryError as error:  # nacked or returned: the broker did not take it
+            self.resend.nacked(tp, offset)
+            self._fail(error)
+        except AMQP_TRANSIENT as error:
             self._fail(error)
         else:
             self.counts.confirm_latency.observe(time.monotonic() - started)
             self.counts.published += 1
+            self.resend.confirmed(tp, offset, record.job)
             self.tracker.settled(tp, offset)
         finally:
             self._slots.release()
@@ -286,6 +390,7 @@ class DestinationLoop:
     async def _rewind(self) -> None:
         """After a failed session, read every assigned partition again from its committable position."""
         assert self._consumer is not None
+        self.resend.failed()
         assignment = self._consumer.assignment()
         for tp in assignment:
             position = self.tracker.position(tp)
@@ -309,6 +414,7 @@ class DestinationLoop:
             log.warning("%s: commit failed (%s: %s)", self.label, type(error).__name__, error)
         else:
             self.tracker.committed(offsets)
+            self.resend.committed(offsets)
 
 
 class PulseSink(Connector):
