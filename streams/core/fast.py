@@ -25,13 +25,15 @@ def slots_init(cls: type[_T]) -> type[_T]:
 
     The generated ``__init__`` of a frozen dataclass sets each field through ``object.__setattr__`` looked up by
     name, about 0.1 µs a field, and these values are built for every event. The replacement takes the same
-    arguments (every field, in order, by position or keyword, none optional) and leaves the instance as
-    frozen as before: only ``__init__`` writes the slots, ``setattr`` still raises.
+    arguments (every field, in order, by position or keyword; only fields with a plain default are optional)
+    and leaves the instance as frozen as before: only ``__init__`` writes the slots, ``setattr`` still raises.
     """
     names = [field.name for field in fields(cls)]  # type: ignore[arg-type]
-    assert all(f.default is MISSING and f.default_factory is MISSING for f in fields(cls))  # type: ignore[arg-type]
-    setters = {f"_set_{name}": cls.__dict__[name].__set__ for name in names}  # the slots' member descriptors
-    lines = [f"def __init__(self, {', '.join(names)}):", *(f"    _set_{name}(self, {name})" for name in names)]
+    assert all(f.default_factory is MISSING for f in fields(cls))  # type: ignore[arg-type]
+    setters: dict[str, Any] = {f"_set_{name}": cls.__dict__[name].__set__ for name in names}  # member descriptors
+    setters.update({f"_default_{f.name}": f.default for f in fields(cls) if f.default is not MISSING})  # type: ignore[arg-type]
+    params = [f"{name}=_default_{name}" if f"_default_{name}" in setters else name for name in names]
+    lines = [f"def __init__(self, {', '.join(params)}):", *(f"    _set_{name}(self, {name})" for name in names)]
     namespace: dict[str, Any] = {}
     exec("\n".join(lines), setters, namespace)  # source built above from the field names only
     init = namespace["__init__"]

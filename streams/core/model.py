@@ -89,9 +89,15 @@ class JobMessage:
 @slots_init
 @dataclass(frozen=True, slots=True)
 class Jobs:
-    """The event became these job messages (usually one)."""
+    """The event became these job messages, one per destination that takes it (usually one).
+
+    ``declined``: the destinations that take the task's route but not this job, each an Ignored or Rejected
+    naming it (switched off, filtered out by project or tier, not valid in its profile). ``messages`` may be
+    empty when several destinations declined.
+    """
 
     messages: tuple[JobMessage, ...]
+    declined: tuple[Ignored | Rejected, ...] = ()
 
 
 @slots_init
@@ -102,6 +108,7 @@ class Ignored:
     task_id: str | None
     reason: str
     stage: Stage
+    destination: str | None = None  # the one destination this is about, when the others may take the task
 
 
 @slots_init
@@ -112,6 +119,7 @@ class Rejected:
     task_id: str | None
     reason: str
     stage: Stage
+    destination: str | None = None  # the one destination this is about, when the others may take the task
 
 
 Outcome = Jobs | Ignored | Rejected

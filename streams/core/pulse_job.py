@@ -13,6 +13,11 @@ from streams.core.schemas import load_schema
 from streams.core.validation import SchemaCheck
 
 JOB_NAME_LIMIT = 139
+# Treeherder's loader cuts an owner longer than pulse-job's 50 characters to its first 49 before validating
+# (treeherder/etl/job_loader.py, JobLoader._is_valid_job): a real bot's address has 52. Cut it the same way
+# rather than lose every job of the task.
+OWNER_LIMIT = 50
+OWNER_CUT = 49
 RESULTS = {"completed": "success", "failed": "fail"}
 EXCEPTION_RESULTS = frozenset({"canceled", "superseded"})
 _RESOLVED = (EventKind.COMPLETED, EventKind.FAILED, EventKind.EXCEPTION)
@@ -90,9 +95,10 @@ def build_job(facts: JobFacts) -> dict[str, Any]:
         display["groupName"] = config["groupName"]
 
     machine = config.get("machine") or {}
+    owner = metadata["owner"]
     job: dict[str, Any] = {
         "buildSystem": "taskcluster",
-        "owner": metadata["owner"],
+        "owner": owner if len(owner) <= OWNER_LIMIT else owner[:OWNER_CUT],
         "taskId": f"{task_uuid(event.task_id)}/{run_id}",
         "retryId": run_id,
         "isRetried": False,

@@ -16,7 +16,7 @@ from streams.core.fast import new_tuple
 from streams.core.model import EventKind, Ignored, JobMessage, Jobs, ListingFailed, Outcome, Rejected, Stage, TaskEvent
 from streams.core.profiles import PROFILES
 from streams.core.routes import RouteProblem, TreeherderRoute, select_route
-from streams.core.rules import Rules
+from streams.core.rules import DestinationRule, Rules
 from streams.core.validation import config_errors, text_errors
 
 _RESOLVED = (EventKind.COMPLETED, EventKind.FAILED, EventKind.EXCEPTION)
@@ -32,7 +32,7 @@ class _Cleared(NamedTuple):
     run: Mapping[str, Any] | None
 
 
-def preflight(event: TaskEvent, task: Mapping[str, Any], rules: Rules) -> Ignored | Rejected | None:
+def preflight(event: TaskEvent, task: Mapping[str, Any], rules: Rules) -> Outcome | None:
     """Whether this event can become a job at all; None means go on (then fetch artifacts, then transform)."""
     checked = _check(event, task, rules)
     return None if type(checked) is _Cleared else checked
@@ -57,7 +57,13 @@ def transform(
     artifacts: Sequence[Mapping[str, Any]] | ListingFailed | None,
     rules: Rules,
 ) -> Outcome:
-    """Job messages for this event (one per destination), or Ignored/Rejected with the reason."""
+    """Job messages for this event, one per destination that takes its route and its project and tier, each in
+    that destination's profile; or Ignored/Rejected with the reason.
+
+    A destination that takes the route but not the job (switched off, filtered out, or the job is not valid in
+    its profile) gives an Ignored or Rejected naming it: beside the jobs in ``Jobs.declined``, or alone when it
+    is the only destination of the route.
+    """
     checked = _check(event, task, rules)
     if type(checked) is not _Cleared:
         return checked
@@ -73,24 +79,77 @@ def transform(
         links = artifact_links(event.root_url, task_id, run_id, listing)
     except BadListing as problem:
         return Rejected(task_id, f"artifact listing of run {run_id}: {problem}", Stage.JOB)
-    prefix = route.prefix
     failure = listing.reason if listing is not None and isinstance(listing, ListingFailed) else None
-    destination = rules.destination(prefix)
+    project = route.project
+    targets = rules.targets(route.prefix)
+    if len(targets) == 1 and not rules.filtering:  # the common case, one destination taking everything: no loop
+        name = targets[0].name  # (switched off: _check has said so already)
+        job = _build(targets[0].profile, name, event, task, route, config, run_id, run, links, failure)
+        if type(job) is Rejected:
+            return job
+        return Jobs((JobMessage(name, project, f"{name}.{project}._", job),))  # type: ignore[arg-type]
+    messages: list[JobMessage] = []
+    declined: list[Ignored | Rejected] = []
+    built: dict[str, dict[str, Any] | Rejected] = {}  # per profile: a job does not depend on the destination's name
+    for target, refusal in _takers(event, route, config, rules):
+        name = target.name
+        if refusal is not None:
+            declined.append(refusal)
+            continue
+        job = built.get(target.profile)
+        if job is None:
+            job = built[target.profile] = _build(target.profile, name, event, task, route, config, run_id, run,
+                                                 links, failure)
+        if type(job) is Rejected:
+            declined.append(Rejected(task_id, job.reason, job.stage, name))
+            continue
+        messages.append(JobMessage(name, project, f"{name}.{project}._", job))  # type: ignore[arg-type]
+    if messages:
+        return Jobs(tuple(messages), tuple(declined))
+    return _declined_outcome(declined)
+
+
+def _takers(event: TaskEvent, route: TreeherderRoute, config: Mapping[str, Any] | None,
+            rules: Rules) -> list[tuple[DestinationRule, Ignored | None]]:
+    """Each destination of the route, with why it does not take this job (None: it does). Without ``config``
+    (before it is read) only the switches are looked at."""
+    out = []
+    task_id = event.task_id
+    for target in rules.targets(route.prefix):
+        if not target.enabled:
+            out.append((target, Ignored(task_id, f"destination {target.name!r} is disabled", Stage.ROUTE,
+                                        target.name)))
+        elif config is not None and target.filters:
+            refusal = target.refusal(route.project, config.get("tier", 1))
+            out.append((target, None if refusal is None else Ignored(task_id, refusal, Stage.ROUTE, target.name)))
+        else:
+            out.append((target, None))
+    return out
+
+
+def _declined_outcome(declined: Sequence[Ignored | Rejected]) -> Outcome:
+    """No destination takes the job: the one reason as it is, or each destination's beside no jobs."""
+    return declined[0] if len(declined) == 1 else Jobs((), tuple(declined))
+
+
+def _build(profile_name: str, destination: str, event: TaskEvent, task: Mapping[str, Any], route: TreeherderRoute,
+           config: Mapping[str, Any], run_id: int, run: Mapping[str, Any] | None, links: Any,
+           failure: str | None) -> dict[str, Any] | Rejected:
+    """The job in one profile, validated; Rejected with the reason when it is not valid in that profile."""
     facts = new_tuple(JobFacts, (event, task, route, destination, config, run_id, run, links, failure))
-    profile = PROFILES[rules.profile(prefix)]
+    profile = PROFILES[profile_name]
     job = profile.build(facts)
     problem = profile.errors(job) or text_errors(job)
     if problem is not None:
-        return Rejected(task_id, f"job message is not valid {profile.name} format: {problem}", Stage.JOB)
-    project = route.project
-    return Jobs((JobMessage(destination, project, f"{destination}.{project}._", job),))
+        return Rejected(event.task_id, f"job message is not valid {profile.name} format: {problem}", Stage.JOB)
+    return job
 
 
 def _is_mapping(value: object) -> bool:
     return type(value) is dict or isinstance(value, Mapping)
 
 
-def _check(event: TaskEvent, task: Mapping[str, Any], rules: Rules) -> _Cleared | Ignored | Rejected:
+def _check(event: TaskEvent, task: Mapping[str, Any], rules: Rules) -> _Cleared | Outcome:
     """design.md's "Which tasks become jobs", in its order; ``_Cleared`` when the event may become a job."""
     task_id = event.task_id
     if not _is_mapping(task):
@@ -104,32 +163,39 @@ def _check(event: TaskEvent, task: Mapping[str, Any], rules: Rules) -> _Cleared 
         if problem.ignore:
             return Ignored(task_id, problem.reason, Stage.ROUTE)
         return Rejected(task_id, problem.reason, problem.stage)
-    if route.prefix in rules.disabled_prefixes:
-        return Ignored(task_id, f"destination {rules.destination(route.prefix)!r} is disabled", Stage.ROUTE)
+    if route.prefix in rules.switched_off:  # claimed, but every destination of the prefix is off: no job
+        return _declined_outcome([refusal for _, refusal in _takers(event, route, None, rules)])  # type: ignore[misc]
 
     problem = _task_shape(task)
     if problem is not None:
         return Rejected(task_id, problem, Stage.TASK)
 
     config = task.get("extra", _NO_EXTRA).get("treeherder")
-    if config is None:
-        return Ignored(task_id, "task has no extra.treeherder section", Stage.CONFIG)
+    if not config:  # Treeherder's handler takes an empty section ({}, "", ...) as none (validate_task)
+        if config is None:
+            return Ignored(task_id, "task has no extra.treeherder section", Stage.CONFIG)
+        return Ignored(task_id, f"task's extra.treeherder is empty ({config!r}), which Treeherder takes as no "
+                                "section", Stage.CONFIG)
     problem = config_errors(config)
     if problem is not None:
         return Rejected(task_id, problem, Stage.CONFIG)
 
     kind = event.kind
-    if kind is EventKind.DEFINED:
-        return new_tuple(_Cleared, (route, config, None))  # a task-defined job is built without a run
-    run = event.run
-    if run is None:
-        return Ignored(task_id, f"task-{kind.value} names no run of the task: nothing to report", Stage.JOB)
-    if kind is EventKind.EXCEPTION and run["reasonCreated"] == "exception":
-        return Ignored(
-            task_id,
-            f"run {event.run_id} was created as an exception (e.g. deadline exceeded before it ran): no job",
-            Stage.JOB,
-        )
+    run = None  # a task-defined job is built without a run
+    if kind is not EventKind.DEFINED:
+        run = event.run
+        if run is None:
+            return Ignored(task_id, f"task-{kind.value} names no run of the task: nothing to report", Stage.JOB)
+        if kind is EventKind.EXCEPTION and run["reasonCreated"] == "exception":
+            return Ignored(
+                task_id,
+                f"run {event.run_id} was created as an exception (e.g. deadline exceeded before it ran): no job",
+                Stage.JOB,
+            )
+    if rules.filtering:  # no destination takes this project or tier: say so before the listing is fetched
+        refusals = _takers(event, route, config, rules)
+        if all(refusal is not None for _, refusal in refusals):
+            return _declined_outcome([refusal for _, refusal in refusals])  # type: ignore[misc]
     return new_tuple(_Cleared, (route, config, run))
 
 

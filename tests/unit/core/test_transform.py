@@ -391,9 +391,9 @@ def test_a_malformed_listing_entry_is_rejected():
 
 
 def test_a_job_that_fails_pulse_job_is_rejected_with_the_field_path():
-    outcome = run_transform("pending", task=make_task(owner="o" * 51))
+    outcome = run_transform("pending", task=make_task(owner=""))  # (a long owner is cut: test_treeherder_parity)
     assert isinstance(outcome, Rejected) and outcome.stage is Stage.JOB
-    assert "owner: 'ooo" in outcome.reason and "is too long" in outcome.reason
+    assert "owner: ''" in outcome.reason
 
 
 def test_the_core_does_not_modify_its_inputs():
