@@ -8,7 +8,8 @@ one module and are serialized one way (orjson, UTF-8 JSON objects):
   task event it came from;
 - rejected record, on ``rejected`` (key: the taskId, or empty when unknown): an input that did not become a
   job, with the stage that stopped it and why; ``kind`` says whether it was rejected (an error someone should
-  look at) or ignored (not meant for Treeherder).
+  look at) or ignored (not meant for Treeherder); ``destination``, when present, names the one destination
+  it is about (one that took the task's route but not this job), where others may have had a job.
 
 Parsers raise ``RecordError`` with a precise reason; callers turn that into a rejected record.
 """
@@ -249,9 +250,10 @@ class RejectedRecord:
     envelope: Any
     source: Mapping[str, Any] | None
     at: str
+    destination: str | None = None  # the one destination it is about, when others may have taken the event
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "stage": self.stage,
             "reason": self.reason,
             "taskId": self.task_id,
@@ -260,13 +262,17 @@ class RejectedRecord:
             "source": self.source,
             "at": self.at,
         }
+        if self.destination is not None:
+            data["destination"] = self.destination
+        return data
 
     def encode(self) -> bytes:
         return orjson.dumps(self.to_json())
 
 
 def encode_rejected_record(*, stage: str, reason: str, task_id: str | None, kind: RejectionKind = "rejected",
-                           envelope: Any, source: Mapping[str, Any] | None = None, at: str | None = None) -> bytes:
+                           envelope: Any, source: Mapping[str, Any] | None = None, at: str | None = None,
+                           destination: str | None = None) -> bytes:
     """Bytes of one rejected (or ignored) record.
 
     ``envelope`` is the original envelope (parsed, or its undecodable text), or for a Pulse message the source
@@ -276,7 +282,8 @@ def encode_rejected_record(*, stage: str, reason: str, task_id: str | None, kind
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
     return RejectedRecord(stage=str(stage), reason=reason, task_id=task_id, kind=kind, envelope=envelope,
-                          source=dict(source) if source is not None else None, at=at or utc_now_iso()).encode()
+                          source=dict(source) if source is not None else None, at=at or utc_now_iso(),
+                          destination=destination).encode()
 
 
 def decode_rejected_record(value: bytes | str) -> RejectedRecord:
@@ -295,6 +302,7 @@ def decode_rejected_record(value: bytes | str) -> RejectedRecord:
         envelope=data["envelope"],
         source=_field(data, "source", dict, what, optional=True),
         at=_field(data, "at", str, what),
+        destination=_field(data, "destination", str, what, optional=True),
     )
 
 

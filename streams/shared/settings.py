@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from streams.core.profiles import PROFILES as _PROFILE_REGISTRY
-from streams.core.rules import DEFAULT_PROFILE, DEFAULT_ROUTE_PREFIXES, Rules
+from streams.core.rules import DEFAULT_PROFILE, DEFAULT_ROUTE_PREFIXES, DestinationRule, Rules
 from streams.shared.redact import MASK, redact_text, redact_url
 
 DEFAULT_JOBS_EXCHANGE = "exchange/taskcluster-treeherder/v1/jobs"
@@ -34,22 +34,53 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Destination:
-    """Where the jobs of one route prefix go: a Pulse broker, an exchange and a message profile."""
+    """One Treeherder deployment's jobs: the route prefixes it takes, the projects and tiers it keeps, and where
+    and how they go (a Pulse broker, an exchange, a message profile).
 
-    route_prefix: str
+    ``key`` is how the configuration names it (``[destinations.<key>]``, ``TC_TREEHERDER_DESTINATION_<KEY>_...``):
+    in the older form, where each route prefix is one destination, the key is that prefix.
+    """
+
+    key: str
     name: str
     pulse_url: str
     exchange: str
     enabled: bool = True
     profile: str = "treeherder"
+    route_prefixes: tuple[str, ...] = ()  # empty: the key, as a route prefix
+    projects: tuple[str, ...] | None = None  # only these projects (None: every project)
+    exclude_projects: tuple[str, ...] = ()
+    min_tier: int | None = None
+    max_tier: int | None = None
+
+    @property
+    def route_prefix(self) -> str:
+        """The configuration key (the older form's route prefix): ``--destination`` accepts it beside the name."""
+        return self.key
+
+    @property
+    def prefixes(self) -> tuple[str, ...]:
+        return self.route_prefixes or (self.key,)
+
+    def rule(self) -> DestinationRule:
+        """What the pure core needs of this destination."""
+        return DestinationRule(self.name, self.prefixes, self.profile, self.enabled,
+                               None if self.projects is None else frozenset(self.projects),
+                               frozenset(self.exclude_projects), self.min_tier, self.max_tier)
 
     def routing_key(self, project: str) -> str:
         return f"{self.name}.{project}._"
 
+    def shown(self) -> dict[str, Any]:
+        """Every field, fit to show: the Pulse URL without its password."""
+        return {"key": self.key, "name": self.name, "route_prefixes": list(self.prefixes),
+                "pulse_url": redact_url(self.pulse_url), "exchange": self.exchange, "enabled": self.enabled,
+                "profile": self.profile, "projects": None if self.projects is None else list(self.projects),
+                "exclude_projects": list(self.exclude_projects), "min_tier": self.min_tier,
+                "max_tier": self.max_tier}
+
     def __repr__(self) -> str:  # the Pulse URL may carry a password
-        return (f"Destination(route_prefix={self.route_prefix!r}, name={self.name!r}, "
-                f"pulse_url={redact_url(self.pulse_url)!r}, exchange={self.exchange!r}, enabled={self.enabled!r}, "
-                f"profile={self.profile!r})")
+        return "Destination(" + ", ".join(f"{name}={value!r}" for name, value in self.shown().items()) + ")"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +122,7 @@ class Settings:
             if name in SECRET_FIELDS:
                 value = MASK if value else ""
             elif name == "destinations":
-                value = [{"route_prefix": d.route_prefix, "name": d.name, "pulse_url": redact_url(d.pulse_url),
-                          "exchange": d.exchange, "enabled": d.enabled, "profile": d.profile} for d in value]
+                value = [d.shown() for d in value]
             elif isinstance(value, str):
                 value = redact_url(value)
             elif isinstance(value, Path):
@@ -131,20 +161,21 @@ class Settings:
         return f"{self.task_exchange_prefix}task-{kind}"
 
     def rules(self) -> Rules:
-        """The deployment's choices the pure core depends on: route prefixes, destination names, switches and
-        profiles. Profiles were checked against the core's registry when the settings were loaded."""
-        return Rules(
-            route_prefixes=self.route_prefixes,
-            destination_names={d.route_prefix: d.name for d in self.destinations},
-            disabled_prefixes=frozenset(d.route_prefix for d in self.destinations if not d.enabled),
-            destination_profiles={d.route_prefix: d.profile for d in self.destinations},
-        )
+        """The deployment's choices the pure core depends on: route prefixes and the destinations that take them,
+        with their names, switches, profiles and filters. Profiles were checked against the core's registry when
+        the settings were loaded."""
+        return Rules(route_prefixes=self.route_prefixes, destinations=tuple(d.rule() for d in self.destinations))
 
     def destination_for(self, route_prefix: str) -> Destination:
+        """The first destination that takes ``route_prefix`` (the only one, without fan-out)."""
         for destination in self.destinations:
-            if destination.route_prefix == route_prefix:
+            if route_prefix in destination.prefixes:
                 return destination
         raise KeyError(route_prefix)
+
+    def destination_named(self, name: str) -> Destination | None:
+        """A destination by its name or its configuration key."""
+        return next((d for d in self.destinations if name in (d.name, d.key)), None)
 
     @property
     def kafka_host_port(self) -> tuple[str, int]:
@@ -367,41 +398,112 @@ def _env_key(name: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", name.upper())
 
 
+_DESTINATION_OPTIONS = ("name", "pulse_url", "exchange", "enabled", "profile", "route_prefixes", "projects",
+                        "exclude_projects", "min_tier", "max_tier")
+_PROJECT = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _project_list(text: Any) -> tuple[str, ...]:
+    items = text if isinstance(text, list | tuple) else str(text).split(",")
+    projects = tuple(str(item).strip() for item in items if str(item).strip())
+    if any(not _PROJECT.match(p) for p in projects):
+        raise ValueError
+    return projects
+
+
+def _tier(text: Any) -> int:
+    value = int(text)
+    if isinstance(text, bool) or not 1 <= value <= 3:
+        raise ValueError
+    return value
+
+
+def _destination_keys(settings: Settings, table: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:
+    """Every configured destination: the TOML tables, ``TC_TREEHERDER_DESTINATIONS``, and each route prefix no
+    configured destination takes (one destination named after it, as before fan-out)."""
+    listed = _parse(_prefixes, env["TC_TREEHERDER_DESTINATIONS"], "TC_TREEHERDER_DESTINATIONS",
+                    "comma-separated destination names, e.g. production,stage,dev") \
+        if env.get("TC_TREEHERDER_DESTINATIONS", "").strip() else ()
+    keys = list(dict.fromkeys([*table, *listed]))
+    taken: set[str] = set()
+    for key in keys:
+        raw = table.get(key, {})
+        variable = f"TC_TREEHERDER_DESTINATION_{_env_key(key)}_ROUTE_PREFIXES"
+        prefixes = env.get(variable, raw.get("route_prefixes") if isinstance(raw, Mapping) else None)
+        if prefixes is None:
+            taken.add(key)
+        else:
+            taken.update(_parse(_prefixes, prefixes, f"destinations.{key}.route_prefixes ({variable})",
+                                "a list of route prefixes without dots"))
+    return keys + [prefix for prefix in settings.route_prefixes if prefix not in taken]
+
+
+def _destination(settings: Settings, key: str, raw: Any, env: Mapping[str, str], jobs_pulse_url: str) -> Destination:
+    """One destination: its TOML table ``raw`` under its ``TC_TREEHERDER_DESTINATION_<KEY>_...`` variables."""
+    if not isinstance(raw, Mapping):
+        raise SettingsError(f"destinations.{key}: expected a table of options, got {type(raw).__name__}")
+    raw = dict(raw)
+    prefix = f"TC_TREEHERDER_DESTINATION_{_env_key(key)}_"
+    for option in _DESTINATION_OPTIONS:
+        if prefix + option.upper() in env:
+            raw[option] = env[prefix + option.upper()]
+    where = f"destinations.{key}"
+    extra = set(raw) - set(_DESTINATION_OPTIONS)
+    if extra:
+        raise SettingsError(f"{where}: unknown keys {sorted(extra)}; known: {', '.join(_DESTINATION_OPTIONS)}")
+
+    def value(option: str, parser: Callable[[Any], Any], default: Any, expected: str) -> Any:
+        if option not in raw:
+            return default
+        return _parse(parser, raw[option], f"{where}.{option} ({prefix}{option.upper()})", expected)
+
+    prefixes = value("route_prefixes", _prefixes, (), "a list of route prefixes without dots")
+    if not prefixes and key not in settings.route_prefixes:
+        raise SettingsError(
+            f"{where}: {key!r} is not among the route prefixes {list(settings.route_prefixes)} and the "
+            f"destination lists none: set {where}.route_prefixes ({prefix}ROUTE_PREFIXES)")
+    strange = [p for p in prefixes if p not in settings.route_prefixes]
+    if strange:
+        raise SettingsError(
+            f"{where}.route_prefixes ({prefix}ROUTE_PREFIXES): {strange} are not among the route prefixes "
+            f"{list(settings.route_prefixes)} (route_prefixes, TC_TREEHERDER_ROUTE_PREFIXES): the source "
+            "would never receive their tasks")
+    destination = Destination(
+        key=key,
+        name=value("name", _namespace, key, "letters, digits, '_', '.', '-'"),
+        pulse_url=value("pulse_url", _amqp_url, jobs_pulse_url, "an amqp:// or amqps:// URL"),
+        exchange=value("exchange", _exchange, _namespaced_exchange(settings.namespace), "an exchange name"),
+        enabled=value("enabled", _bool, True, "true or false"),
+        profile=value("profile", _profile, DEFAULT_PROFILE, " or ".join(PROFILES)),
+        route_prefixes=prefixes,
+        projects=value("projects", _project_list, None, "a list of project names"),
+        exclude_projects=value("exclude_projects", _project_list, (), "a list of project names"),
+        min_tier=value("min_tier", _tier, None, "a tier, 1 to 3"),
+        max_tier=value("max_tier", _tier, None, "a tier, 1 to 3"),
+    )
+    if destination.min_tier is not None and destination.max_tier is not None \
+            and destination.min_tier > destination.max_tier:
+        raise SettingsError(f"{where}: min_tier {destination.min_tier} is above max_tier "
+                            f"{destination.max_tier} ({prefix}MIN_TIER, {prefix}MAX_TIER): it would take nothing")
+    return destination
+
+
 def _destinations(settings: Settings, table: Mapping[str, Any], env: Mapping[str, str],
                   jobs_pulse_url: str) -> tuple[Destination, ...]:
-    """One destination per route prefix; TOML ``[destinations.<prefix>]`` and env override the defaults."""
-    unknown = set(table) - set(settings.route_prefixes)
-    if unknown:
-        raise SettingsError(
-            f"destinations: {sorted(unknown)} are not among the route prefixes {list(settings.route_prefixes)}"
-        )
-    result = []
-    for prefix in settings.route_prefixes:
-        raw = dict(table.get(prefix, {}))
-        key = f"TC_TREEHERDER_DESTINATION_{_env_key(prefix)}_"
-        for option in ("name", "pulse_url", "exchange", "enabled", "profile"):
-            if key + option.upper() in env:
-                raw[option] = env[key + option.upper()]
-        where = f"destinations.{prefix}"
-        extra = set(raw) - {"name", "pulse_url", "exchange", "enabled", "profile"}
-        if extra:
-            raise SettingsError(f"{where}: unknown keys {sorted(extra)}")
-        result.append(
-            Destination(
-                route_prefix=prefix,
-                name=_parse(_namespace, raw.get("name", prefix), f"{where}.name ({key}NAME)",
-                            "letters, digits, '_', '.', '-'"),
-                pulse_url=_parse(_amqp_url, raw.get("pulse_url", jobs_pulse_url),
-                                 f"{where}.pulse_url ({key}PULSE_URL)", "an amqp:// or amqps:// URL"),
-                exchange=_parse(_exchange, raw.get("exchange", _namespaced_exchange(settings.namespace)),
-                                f"{where}.exchange ({key}EXCHANGE)", "an exchange name"),
-                enabled=_parse(_bool, raw.get("enabled", True), f"{where}.enabled ({key}ENABLED)",
-                               "true or false"),
-                profile=_parse(_profile, raw.get("profile", DEFAULT_PROFILE), f"{where}.profile ({key}PROFILE)",
-                               " or ".join(PROFILES)),
-            )
-        )
-    return tuple(result)
+    """The destinations; TOML ``[destinations.<key>]`` and ``TC_TREEHERDER_DESTINATION_<KEY>_...`` override the
+    defaults. A destination takes the route prefixes it lists, or else the prefix it is named after."""
+    result = [_destination(settings, key, table.get(key, {}), env, jobs_pulse_url)
+              for key in _destination_keys(settings, table, env)]
+    names: dict[str, str] = {}
+    for destination in result:
+        if destination.name in names:
+            raise SettingsError(
+                f"destinations.{destination.key}.name: {destination.name!r} is also the name of "
+                f"destinations.{names[destination.name]}; each destination needs its own name (it names its "
+                "routing keys, its state and its sink's consumer group)")
+        names[destination.name] = destination.key
+    order = {prefix: index for index, prefix in enumerate(settings.route_prefixes)}
+    return tuple(sorted(result, key=lambda d: order[d.prefixes[0]]))  # stable: configuration order within a prefix
 
 
 def _namespaced_exchange(namespace: str) -> str:
@@ -442,5 +544,5 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: str | Path 
     jobs_pulse_url = _parse(_amqp_url, jobs_pulse_url, "TC_TREEHERDER_JOBS_PULSE_URL", "an amqp:// URL")
     table = data.get("destinations", {})
     if not isinstance(table, dict):
-        raise SettingsError(f"{path}: destinations must be a table of [destinations.<route prefix>]")
+        raise SettingsError(f"{path}: destinations must be a table of [destinations.<name>]")
     return replace(settings, destinations=_destinations(settings, table, env, jobs_pulse_url))

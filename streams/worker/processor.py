@@ -181,7 +181,9 @@ class EventProcessor:
         except QueueUnavailable as error:
             outcome = Rejected(_task_id(event), f"Queue API unavailable: {error}", Stage.TASK)
         if isinstance(outcome, Jobs):
-            return self._jobs(outcome, event, source, self._root_url(raw))
+            output = self._jobs(outcome, event, source, self._root_url(raw))
+            output += [self._rejected(declined, event, source, raw_envelope=raw) for declined in outcome.declined]
+            return output
         return [self._rejected(outcome, event, source, raw_envelope=raw)]
 
     def _root_url(self, raw: Any) -> str:
@@ -219,7 +221,7 @@ class EventProcessor:
         by_stage = self.counts.ignored_by_stage if kind == "ignored" else self.counts.rejected_by_stage
         by_stage[(str(outcome.stage), reason_class(outcome.reason))] += 1
         fields = {"stage": str(outcome.stage), "reason": outcome.reason, "task_id": outcome.task_id or _task_id(event),
-                  "kind": kind, "source": source}
+                  "kind": kind, "source": source, "destination": outcome.destination}
         try:
             value = records.encode_rejected_record(
                 **fields, envelope=raw_envelope if raw_envelope is not None else event.value.decode("utf-8", "replace"))

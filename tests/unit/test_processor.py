@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 import pytest
 
-from devtools.factories import TASK_ID, make_artifacts, make_envelope, make_event, make_task
+from devtools.factories import TASK_ID, TASK_UUID, make_artifacts, make_envelope, make_event, make_task
 from devtools.queue_standin import Fault, QueueStandIn
-from streams.core.rules import Rules
+from streams.core.rules import DestinationRule, Rules
 from streams.core.state_guard import GuardEntry
 from streams.taskcluster.queue_client import QueueClient
 from streams.worker.processor import EventProcessor, RetryPolicy, SourceEvent, WorkerStopping
@@ -119,6 +119,29 @@ async def test_a_late_event_does_not_take_a_run_backwards(standin, client):
     # A redelivery of the final state still goes out: Treeherder takes it as an update of the same job.
     again = await processor.process_batch(records_of(state, standin.root_url, make_event("completed")))
     assert len(again) == 1
+
+
+async def test_fan_out_gives_each_destination_its_job_guard_and_ignored_record(standin, client):
+    standin.add_task(TASK_ID, make_task())  # route tc-treeherder.v2.autoland...
+    state = DictState()
+    rules = Rules(destinations=(DestinationRule("production", ("tc-treeherder",)),
+                                DestinationRule("stage", ("tc-treeherder",), profile="legacy"),
+                                DestinationRule("dev", ("tc-treeherder",), projects=frozenset({"try"}))))
+    processor = EventProcessor(rules, client, default_root_url=standin.root_url)
+
+    out = decoded(await processor.process_batch(records_of(
+        state, standin.root_url, make_event("running"), make_event("pending"))))
+
+    assert [(topic, record.get("destination"), record.get("kind")) for topic, record in out] == [
+        ("jobs", "production", None), ("jobs", "stage", None),
+        ("rejected", "dev", "ignored"),  # the running event
+        ("rejected", "dev", "ignored"),  # the late pending one: each live destination's guard held it back
+    ]
+    assert out[2][1]["reason"] == "project 'autoland' is not taken by destination 'dev'"
+    assert "kind" in out[1][1]["job"]["origin"]  # stage's job in the legacy profile
+    assert sorted(state.ranks) == [f"production/{TASK_UUID}/0", f"stage/{TASK_UUID}/0"]
+    assert processor.counts.suppressed == 2
+    assert processor.counts.ignored == {"project 'autoland' is not taken by destination 'dev'": 2}
 
 
 async def test_every_bad_event_becomes_one_rejected_record_and_the_batch_goes_on(standin, client):

@@ -133,3 +133,70 @@ def test_a_destination_for_an_unknown_prefix_or_a_bad_profile_is_refused(tmp_pat
         load_settings(env={}, config_file=write_toml(tmp_path, "[destinations.elsewhere]\nname = 'x'\n"))
     with pytest.raises(SettingsError, match="TC_TREEHERDER_DESTINATION_TC_TREEHERDER_PROFILE"):
         load_settings(env={"TC_TREEHERDER_DESTINATION_TC_TREEHERDER_PROFILE": "fancy"})
+
+
+THREE_TREEHERDERS = """
+[destinations.production]
+route_prefixes = ["tc-treeherder"]
+[destinations.stage]
+route_prefixes = ["tc-treeherder", "tc-treeherder-staging"]
+[destinations.dev]
+route_prefixes = ["tc-treeherder"]
+projects = ["autoland", "try"]
+"""
+
+
+def test_named_destinations_share_a_route_prefix(tmp_path: Path) -> None:
+    settings = load_settings(env={}, config_file=write_toml(tmp_path, THREE_TREEHERDERS))
+    assert [(d.name, d.prefixes, d.projects) for d in settings.destinations] == [
+        ("production", ("tc-treeherder",), None),
+        ("stage", ("tc-treeherder", "tc-treeherder-staging"), None),
+        ("dev", ("tc-treeherder",), ("autoland", "try")),
+    ]  # every prefix is taken: no destination named after one
+    rules = settings.rules()
+    assert [d.name for d in rules.targets("tc-treeherder")] == ["production", "stage", "dev"]
+    assert [d.name for d in rules.targets("tc-treeherder-staging")] == ["stage"]
+    assert rules.targets("tc-treeherder")[2].projects == frozenset({"autoland", "try"})
+
+
+def test_the_same_destinations_from_the_environment_alone() -> None:
+    settings = load_settings(env={
+        "TC_TREEHERDER_DESTINATIONS": "production,stage,dev",
+        "TC_TREEHERDER_DESTINATION_PRODUCTION_ROUTE_PREFIXES": "tc-treeherder",
+        "TC_TREEHERDER_DESTINATION_STAGE_ROUTE_PREFIXES": "tc-treeherder,tc-treeherder-staging",
+        "TC_TREEHERDER_DESTINATION_DEV_ROUTE_PREFIXES": "tc-treeherder",
+        "TC_TREEHERDER_DESTINATION_DEV_PROJECTS": "autoland,try",
+        "TC_TREEHERDER_DESTINATION_DEV_EXCLUDE_PROJECTS": "try",
+        "TC_TREEHERDER_DESTINATION_DEV_MIN_TIER": "1",
+        "TC_TREEHERDER_DESTINATION_DEV_MAX_TIER": "2",
+    })
+    dev = settings.destination_named("dev")
+    assert [d.name for d in settings.destinations] == ["production", "stage", "dev"]
+    assert (dev.projects, dev.exclude_projects, dev.min_tier, dev.max_tier) == (("autoland", "try"), ("try",), 1, 2)
+    assert settings.redacted()["destinations"][2]["projects"] == ["autoland", "try"]
+
+
+def test_a_prefix_no_named_destination_takes_keeps_its_own(tmp_path: Path) -> None:
+    settings = load_settings(env={}, config_file=write_toml(
+        tmp_path, '[destinations.production]\nroute_prefixes = ["tc-treeherder"]\n'))
+    assert [(d.key, d.name) for d in settings.destinations] == [
+        ("production", "production"), ("tc-treeherder-staging", "tc-treeherder-staging")]
+
+
+@pytest.mark.parametrize(("toml", "env", "named"), [
+    ('[destinations.dev]\nroute_prefixes = ["nope"]\n', {}, "destinations.dev.route_prefixes"),
+    ('[destinations.dev]\nroute_prefixes = ["tc-treeherder"]\nmin_tier = 3\nmax_tier = 1\n', {},
+     "TC_TREEHERDER_DESTINATION_DEV_MIN_TIER"),
+    ('[destinations.dev]\nroute_prefixes = ["tc-treeherder"]\nmax_tier = 4\n', {}, "destinations.dev.max_tier"),
+    ('[destinations.dev]\nroute_prefixes = ["tc-treeherder"]\nprojects = ["a.b"]\n', {},
+     "TC_TREEHERDER_DESTINATION_DEV_PROJECTS"),
+    ('[destinations.dev]\nroute_prefixes = ["tc-treeherder"]\nname = "tc-treeherder-staging"\n', {},
+     "is also the name of destinations.dev"),
+    ('[destinations.dev]\nroute_prefixes = ["tc-treeherder"]\nwhatever = 1\n', {}, "unknown keys"),
+    ("", {"TC_TREEHERDER_DESTINATIONS": "dev"}, "TC_TREEHERDER_DESTINATION_DEV_ROUTE_PREFIXES"),
+])
+def test_bad_destinations_are_refused_naming_the_setting(tmp_path: Path, toml: str, env: dict[str, str],
+                                                        named: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings(env=env, config_file=write_toml(tmp_path, toml))
+    assert named in str(refused.value)
