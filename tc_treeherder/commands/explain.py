@@ -221,9 +221,12 @@ def render_text(explanation: Any, root_url: str, *, color: bool = False, full: b
                     lines.extend("        " + row for row in pretty.splitlines())
             if item.note:
                 lines.append(f"    {'':<{width}}  {paint('note: ' + item.note, 'dim')}")
-        else:
+        elif not item.declined:
             lines.append(f"    {item.label:<{width}}  {paint(f'{item.outcome:<9}', item.outcome)} "
                          f"[{item.stage}] {item.reason}")
+        for other in item.declined:  # a destination of the route that does not take this job, and why
+            kind, stage, reason = other["outcome"], other["stage"], other["reason"]
+            lines.append(f"    {item.label:<{width}}  {paint(f'{kind:<9}', kind)} [{stage}] {reason}")
     for problem in explanation.problems:
         lines.append(f"  {paint('problem:', 'rejected')} {problem}")
     if explanation.hint:

@@ -114,8 +114,13 @@ async def _one_line(number: int, line: bytes, lookup: Any, rules: Any,
             outcome = await process(raw, lookup, rules, default_root_url=root_url)
         except QueueUnavailable as error:
             outcome = Rejected(error.task_id, f"Queue API unavailable: {error}", Stage.TASK)
-    if isinstance(outcome, Jobs):
-        return [orjson.dumps(message.to_record()) for message in outcome.messages], []
+    if isinstance(outcome, Jobs):  # each destination that declined the job says so on stderr, named
+        return ([orjson.dumps(message.to_record()) for message in outcome.messages],
+                [_report(number, declined) for declined in outcome.declined])
+    return [], [_report(number, outcome)]
+
+
+def _report(number: int, outcome: Ignored | Rejected) -> bytes:
     report = {
         "line": number,
         "taskId": outcome.task_id,
@@ -123,7 +128,9 @@ async def _one_line(number: int, line: bytes, lookup: Any, rules: Any,
         "stage": str(outcome.stage),
         "reason": outcome.reason,
     }
-    return [], [orjson.dumps(report)]
+    if outcome.destination is not None:
+        report["destination"] = outcome.destination
+    return orjson.dumps(report)
 
 
 def _write(result: tuple[list[bytes], list[bytes]]) -> None:

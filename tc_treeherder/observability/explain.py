@@ -34,10 +34,12 @@ class EventVerdict:
     reason: str | None = None
     jobs: tuple[Mapping[str, Any], ...] = ()  # {"destination", "project", "routingKey", "job"}
     note: str | None = None  # e.g. why a job has no artifact links
+    # destinations that take the route but not this job: {"destination", "outcome", "stage", "reason"}
+    declined: tuple[Mapping[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"event": self.label, "outcome": self.outcome, "stage": self.stage, "reason": self.reason,
-                "jobs": list(self.jobs), "note": self.note}
+                "jobs": list(self.jobs), "note": self.note, "declined": list(self.declined)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +87,10 @@ def hint_for(stage: str | None, reason: str | None, rules: Rules) -> str | None:
         if "routes select a Treeherder destination" in reason:
             return "keep exactly one Treeherder route on the task: each destination is chosen by one route"
         if "is disabled" in reason:
-            return "the destination is switched off in the settings (TC_TREEHERDER_DESTINATION_<PREFIX>_ENABLED)"
+            return "the destination is switched off in the settings (TC_TREEHERDER_DESTINATION_<NAME>_ENABLED)"
+        if " is not taken by destination " in reason:
+            return ("the destination takes only some projects or tiers (TC_TREEHERDER_DESTINATION_<NAME>_PROJECTS, "
+                    "_EXCLUDE_PROJECTS, _MIN_TIER, _MAX_TIER): expected when the task is not for it")
         return "the Treeherder route must have the form <prefix>.v2.<project>.<revision>[.<pushId>]"
     if stage == Stage.CONFIG:
         if "no extra.treeherder" in reason:
@@ -211,9 +216,18 @@ async def verdict(label: str, raw: Any, lookup: TaskLookup, rules: Rules, root_u
         if failures:
             note = "artifact listing unavailable, so the job has no artifact links: " + "; ".join(failures.values())
             failures.clear()
-        return EventVerdict(label, "jobs", jobs=tuple(m.to_record() for m in outcome.messages), note=note)
-    kind = "ignored" if isinstance(outcome, Ignored) else "rejected"
-    return EventVerdict(label, kind, stage=str(outcome.stage), reason=outcome.reason)
+        declined = tuple({"destination": d.destination, "outcome": _kind(d), "stage": str(d.stage),
+                          "reason": d.reason} for d in outcome.declined)
+        if not outcome.messages:  # every destination of the route declined: the first reason stands for all
+            first = outcome.declined[0]
+            return EventVerdict(label, _kind(first), stage=str(first.stage), reason=first.reason, declined=declined)
+        return EventVerdict(label, "jobs", jobs=tuple(m.to_record() for m in outcome.messages), note=note,
+                            declined=declined)
+    return EventVerdict(label, _kind(outcome), stage=str(outcome.stage), reason=outcome.reason)
+
+
+def _kind(outcome: Ignored | Rejected) -> str:
+    return "ignored" if isinstance(outcome, Ignored) else "rejected"
 
 
 def _routes(definition: Mapping[str, Any] | None) -> tuple[str, ...] | None:

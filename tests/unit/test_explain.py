@@ -18,10 +18,11 @@ from devtools.factories import (
     make_task,
 )
 from devtools.queue_standin import QueueStandIn
-from streams.core.rules import Rules
+from streams.core.rules import DestinationRule, Rules
 from streams.taskcluster.lookup import QueueLookup
 from streams.taskcluster.queue_client import QueueClient
 from tc_treeherder import cli
+from tc_treeherder.commands.explain import render_text
 from tc_treeherder.observability.explain import explain_definition, explain_task_id
 
 PREFIX = "exchange/taskcluster-queue/v1/"
@@ -91,6 +92,26 @@ async def test_a_disabled_destination_is_named() -> None:
     result = await explain_definition(TASK_ID, make_task(), rules, "https://tc.example.com", PREFIX)
     assert not result.reaches_treeherder
     assert "disabled" in result.verdicts[0].reason and "ENABLED" in (result.hint or "")
+
+
+async def test_each_destination_of_the_route_is_shown_with_its_job_or_its_reason() -> None:
+    rules = Rules(destinations=(DestinationRule("production", ("tc-treeherder",)),
+                                DestinationRule("dev", ("tc-treeherder",), projects=frozenset({"try"}))))
+    result = await explain_definition(TASK_ID, make_task(), rules, "https://tc.example.com", PREFIX)
+    assert result.reaches_treeherder and "for production" in result.summary
+    pending = result.verdicts[0]
+    assert [job["destination"] for job in pending.jobs] == ["production"]
+    assert pending.declined == ({"destination": "dev", "outcome": "ignored", "stage": "route",
+                                 "reason": "project 'autoland' is not taken by destination 'dev'"},)
+    text = render_text(result, "https://tc.example.com")
+    assert "ignored   [route] project 'autoland' is not taken by destination 'dev'" in text
+    assert result.to_json()["events"][0]["declined"][0]["destination"] == "dev"
+
+    only_dev = Rules(destinations=(rules.destinations[1],))
+    result = await explain_definition(TASK_ID, make_task(), only_dev, "https://tc.example.com", PREFIX)
+    assert not result.reaches_treeherder
+    assert result.verdicts[0].reason == "project 'autoland' is not taken by destination 'dev'"
+    assert "PROJECTS" in (result.hint or "")
 
 
 def run_cli(*args: str) -> int:
