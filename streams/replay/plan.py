@@ -10,14 +10,14 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from streams.core import state_guard
 from streams.core.model import JobMessage
 from streams.core.routes import RouteProblem, select_route
-from streams.core.rules import Rules
+from streams.core.rules import DestinationRule, Rules
 from streams.shared.settings import Destination, Settings
 
 
@@ -113,23 +113,28 @@ def resolve_range(
 
 
 def find_destination(settings: Settings, name: str) -> Destination:
-    """A destination by its name or its route prefix."""
-    for destination in settings.destinations:
-        if name in (destination.name, destination.route_prefix):
-            return destination
-    known = ", ".join(d.name for d in settings.destinations)
-    raise ReplayUsageError(f"unknown destination {name!r}; configured: {known}")
+    """A destination by its name or its configuration key (in the older form, its route prefix)."""
+    destination = settings.destination_named(name)
+    if destination is None:
+        known = ", ".join(d.name for d in settings.destinations)
+        raise ReplayUsageError(f"unknown destination {name!r}; configured: {known}")
+    return destination
 
 
 @dataclass(frozen=True)
 class Selection:
-    """Which route prefixes and projects are replayed, and the destination their jobs go to instead, if any."""
+    """Which destinations and projects are replayed, and the destination their jobs go to instead, if any.
+
+    ``prefixes`` are the route prefixes the chosen destinations take: an event of any other prefix is not
+    re-run for them. ``destinations`` names the chosen ones: the destinations the jobs went to at the time.
+    """
 
     prefixes: frozenset[str]
     projects: frozenset[str] = frozenset()
     target: Destination | None = None
     rules: Rules = field(default_factory=Rules)  # the deployment's rules: what the jobs were at the time
-    replay_rules: Rules = field(default_factory=Rules)  # the same with re-targeting applied
+    replay_rules: Rules = field(default_factory=Rules)  # only the chosen destinations, or the target instead
+    destinations: frozenset[str] = frozenset()
 
     def wants_prefix(self, prefix: str | None) -> bool:
         return prefix is not None and prefix in self.prefixes
@@ -138,23 +143,31 @@ class Selection:
         return not self.projects or project in self.projects
 
     def original_destination(self, prefix: str) -> str:
-        """The destination name the live worker gave this prefix's jobs (the diff matches on it)."""
+        """The chosen destination the live worker gave this prefix's jobs (the diff matches on it); with several
+        chosen destinations of one prefix, the first."""
+        for rule in self.rules.targets(prefix):
+            if rule.name in self.destinations:
+                return rule.name
         return self.rules.destination(prefix)
 
 
 def select(settings: Settings, destinations: Sequence[str] = (), to: str | None = None,
-           projects: Iterable[str] = ()) -> Selection:
-    """The selection for ``--destination``/``--to``/``--project``.
+           projects: Iterable[str] = (), *, ignore_filters: bool = False) -> Selection:
+    """The selection for ``--destination``/``--to``/``--project``/``--ignore-filters``.
 
-    Without ``--destination``, every enabled destination is replayed. A disabled destination may be
-    replayed only when re-targeted (``--to``), and the target must be enabled: no sink delivers to a
-    disabled one, so its jobs would wait in the topic for nothing.
+    Without ``--destination``, every enabled destination is replayed, each with its own filters as live. A
+    disabled destination may be replayed only when re-targeted (``--to``), and the target must be enabled: no
+    sink delivers to a disabled one, so its jobs would wait in the topic for nothing. Re-targeted, the events of
+    the chosen destinations' route prefixes become the target's jobs, in its profile, and only those its own
+    filters (projects, tiers) take, unless ``ignore_filters``.
     """
     rules = settings.rules()
-    chosen = [find_destination(settings, name) for name in destinations]
+    chosen = list(dict.fromkeys(find_destination(settings, name) for name in destinations))
     target = find_destination(settings, to) if to else None
     if target is not None and not target.enabled:
         raise ReplayUsageError(f"--to {target.name}: the destination is disabled in the settings")
+    if ignore_filters and target is None:
+        raise ReplayUsageError("--ignore-filters goes with --to: without it each destination's own filters apply")
     if not chosen:
         chosen = [d for d in settings.destinations if d.enabled]
     elif target is None:
@@ -162,18 +175,18 @@ def select(settings: Settings, destinations: Sequence[str] = (), to: str | None 
         if disabled:
             raise ReplayUsageError(f"destination(s) {', '.join(disabled)} are disabled in the settings; enable "
                                    "them, or send their jobs elsewhere with --to")
-    prefixes = frozenset(d.route_prefix for d in chosen)
+    prefixes = frozenset(p for d in chosen for p in d.prefixes)
+    names = frozenset(d.name for d in chosen)
     if target is None:
-        replay_rules = rules
+        replay_rules = rules.only(names)
     else:
-        replay_rules = Rules(
-            route_prefixes=rules.route_prefixes,
-            destination_names={**rules.destination_names, **dict.fromkeys(prefixes, target.name)},
-            disabled_prefixes=rules.disabled_prefixes - prefixes,
-            destination_profiles={**rules.destination_profiles, **dict.fromkeys(prefixes, target.profile)},
-        )
+        rule = target.rule()
+        taken = tuple(p for p in rules.route_prefixes if p in prefixes)
+        rule = DestinationRule(rule.name, taken, rule.profile) if ignore_filters else replace(
+            rule, route_prefixes=taken, enabled=True)
+        replay_rules = Rules(route_prefixes=rules.route_prefixes, destinations=(rule,)).only([rule.name])
     return Selection(prefixes=prefixes, projects=frozenset(projects), target=target, rules=rules,
-                     replay_rules=replay_rules)
+                     replay_rules=replay_rules, destinations=names)
 
 
 def route_prefix(task: Any, rules: Rules) -> str | None:

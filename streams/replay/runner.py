@@ -96,6 +96,7 @@ class _Input:
     envelope: Any  # decoded JSON (or undecodable text) as the worker would have seen it
     partition: int  # of the task event (for the job record's source and the diff)
     offset: int
+    destination: str | None = None  # a rejected record about one destination: re-run for that one only
 
 
 class Progress:
@@ -518,7 +519,7 @@ class Replay:
             partition, offset = source.get("partition"), source.get("offset")
             if not isinstance(partition, int) or not isinstance(offset, int):
                 partition, offset = message.partition, -1 - message.offset  # never on task-events
-            out.append(_Input(rejected.task_id, rejected.envelope, partition, offset))
+            out.append(_Input(rejected.task_id, rejected.envelope, partition, offset, rejected.destination))
         return out
 
     async def _rerun(self, inputs: list[_Input], lookup: ReplayLookup, writer: JobWriter | None) -> None:
@@ -576,7 +577,8 @@ class Replay:
         """Job records of one outcome that pass the selection and the local guard; counts the rest."""
         selection, report = self.options.selection, self.report
         prefix = self._route_prefix(item.task_id, lookup)
-        if prefix is not None and not selection.wants_prefix(prefix):
+        if (prefix is not None and not selection.wants_prefix(prefix)) or (
+                item.destination is not None and item.destination not in selection.destinations):
             report.other_destination += 1
             return []
         if prefix is not None and self.options.diff:
@@ -585,9 +587,15 @@ class Replay:
             counter = report.ignored if isinstance(outcome, Ignored) else report.rejected
             counter[reason_class(outcome.reason)] += 1
             return []
+        for declined in outcome.declined:  # a chosen destination that does not take the job, and why
+            if item.destination is None or selection.target is not None or declined.destination == item.destination:
+                counter = report.ignored if isinstance(declined, Ignored) else report.rejected
+                counter[reason_class(declined.reason)] += 1
         out = []
         source = {"partition": item.partition, "offset": item.offset} if item.offset >= 0 else None
         for message in outcome.messages:
+            if item.destination is not None and selection.target is None and message.destination != item.destination:
+                continue  # the record was about another destination of the event, which had its job at the time
             if not selection.wants_project(message.project):
                 report.other_project += 1
                 continue
@@ -595,7 +603,8 @@ class Replay:
                 continue
             report.jobs[message.destination] += 1
             if self.options.diff and prefix is not None:
-                self.emitted[(item.partition, item.offset, selection.original_destination(prefix))] = message.job
+                was = message.destination if selection.target is None else selection.original_destination(prefix)
+                self.emitted[(item.partition, item.offset, was)] = message.job
             record = message.to_record()
             record["source"] = source
             record["replay"] = marker
@@ -617,7 +626,7 @@ class Replay:
         """Old job records (no replay marker) of the re-run events, matched by source position and destination."""
         selection = self.options.selection
         positions = self.positions
-        destinations = {selection.original_destination(prefix) for prefix in selection.prefixes}
+        destinations = selection.destinations
         topic = self.settings.topic("jobs")
         partitions = range(self.settings.partitions)
         low, _ = await _offsets(consumer, topic, partitions)

@@ -35,10 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--to-offsets", metavar="OFFSETS", help="end offsets, exclusive (default: the end)")
     what = parser.add_argument_group("what to re-emit")
     what.add_argument("--destination", action="append", default=[], metavar="NAME",
-                      help="only jobs for this destination (name or route prefix; repeatable; "
-                           "default: every enabled destination)")
-    what.add_argument("--to", metavar="NAME", help="send the selected jobs to this destination instead, "
-                                                   "in its message profile")
+                      help="only jobs for this destination (name, or the route prefix it is named after; "
+                           "repeatable; default: every enabled destination)")
+    what.add_argument("--to", metavar="NAME", help="send the selected destinations' jobs to this destination "
+                                                   "instead, in its message profile and through its filters")
+    what.add_argument("--ignore-filters", action="store_true",
+                      help="with --to: send every selected job, also those the target's projects or tiers "
+                           "would not take")
     what.add_argument("--project", action="append", default=[], metavar="PROJECT",
                       help="only jobs of this project (repeatable)")
     what.add_argument("--rejected-only", action="store_true",
@@ -71,7 +74,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if since and until and until <= since:
             raise ReplayUsageError(f"--until {args.until} is not after --since {args.since}")
         options = ReplayOptions(
-            selection=select(settings, args.destination, args.to, args.project),
+            selection=select(settings, args.destination, args.to, args.project,
+                             ignore_filters=args.ignore_filters),
             since_ms=epoch_ms(since) if since else None,
             until_ms=epoch_ms(until) if until else None,
             from_offsets=parse_offsets(args.from_offsets, settings.partitions) if args.from_offsets else None,

@@ -85,7 +85,7 @@ def test_retargeting_sends_the_selected_prefix_to_the_target_in_its_profile():
     rules = chosen.replay_rules
     assert rules.destination("tc-treeherder") == "tc-treeherder-staging"
     assert rules.profile("tc-treeherder") == "legacy"
-    assert rules.destination("third") == "third"  # untouched
+    assert not any(d.enabled for d in rules.targets("third"))  # not selected: no job in the replay
     assert chosen.original_destination("tc-treeherder") == "tc-treeherder"  # what the diff matches
 
 
@@ -94,9 +94,38 @@ def test_a_disabled_destination_is_replayed_only_elsewhere():
     with pytest.raises(ReplayUsageError, match="disabled"):
         select(config, ["tc-treeherder"])
     chosen = select(config, ["tc-treeherder"], to="tc-treeherder-staging")
-    assert "tc-treeherder" not in chosen.replay_rules.disabled_prefixes
+    assert [(d.name, d.enabled) for d in chosen.replay_rules.targets("tc-treeherder")] == [
+        ("tc-treeherder-staging", True)]
     with pytest.raises(ReplayUsageError, match="--to tc-treeherder: the destination is disabled"):
         select(config, ["third"], to="tc-treeherder")
+
+
+THREE = {"TC_TREEHERDER_DESTINATIONS": "production,stage,dev",
+         "TC_TREEHERDER_DESTINATION_PRODUCTION_ROUTE_PREFIXES": "tc-treeherder",
+         "TC_TREEHERDER_DESTINATION_STAGE_ROUTE_PREFIXES": "tc-treeherder,tc-treeherder-staging",
+         "TC_TREEHERDER_DESTINATION_DEV_ROUTE_PREFIXES": "tc-treeherder",
+         "TC_TREEHERDER_DESTINATION_DEV_PROJECTS": "autoland,try"}
+
+
+def test_a_shared_prefix_replays_only_the_chosen_destinations():
+    chosen = select(settings(**THREE), ["dev"])
+    assert chosen.prefixes == {"tc-treeherder"} and chosen.destinations == {"dev"}
+    assert [d.name for d in chosen.replay_rules.targets("tc-treeherder")] == ["dev"]
+    assert chosen.replay_rules.targets("tc-treeherder")[0].projects == {"autoland", "try"}  # dev's own filter
+    assert chosen.original_destination("tc-treeherder") == "dev"
+    every = select(settings(**THREE))
+    assert [d.name for d in every.replay_rules.targets("tc-treeherder")] == ["production", "stage", "dev"]
+
+
+def test_retargeting_honours_the_targets_filters_unless_told_otherwise():
+    chosen = select(settings(**THREE), ["production"], to="dev")
+    (target,) = chosen.replay_rules.targets("tc-treeherder")
+    assert (target.name, target.projects) == ("dev", {"autoland", "try"})
+    everything = select(settings(**THREE), ["production"], to="dev", ignore_filters=True)
+    (target,) = everything.replay_rules.targets("tc-treeherder")
+    assert (target.name, target.projects) == ("dev", None)
+    with pytest.raises(ReplayUsageError, match="--ignore-filters goes with --to"):
+        select(settings(**THREE), ["production"], ignore_filters=True)
 
 
 def test_route_prefix_of_a_task():
