@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import platform
+import re
 import secrets
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from typing import Any
 
 from benchmarks import bench_stages
 from benchmarks.bench_data import stage_data
-from benchmarks.bench_e2e import EndToEnd, warm_up
+from benchmarks.bench_e2e import FIREFOX_CI, FIREFOX_CI_QUICK, EndToEnd, warm_up
 from benchmarks.bench_stages import child_env, median
 from devtools.harness import delete_namespace
 from devtools.queue_standin import QueueStandIn
@@ -36,9 +37,10 @@ from streams.shared.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench-results" / "bench.json"
-PARTS = ("core", "source", "worker", "sink", "e2e", "replay")
+PARTS = ("core", "source", "worker", "sink", "e2e", "profile", "replay")
 
-TARGETS = {"core": 50_000, "ratio": 0.5, "p99_ms_at_1000": 100.0, "backlog_s": 2.0, "replay": 10_000}
+TARGETS = {"core": 50_000, "ratio": 0.5, "p99_ms_at_1000": 100.0, "backlog_s": 2.0, "replay": 10_000,
+           "p99_ms_in_burst": 100.0}
 
 
 def machine() -> dict[str, Any]:
@@ -100,6 +102,9 @@ async def part(name: str, base: Any, run_dir: Path, args: argparse.Namespace) ->
                     "ratio_to_raw_read": round(report.rate / raw_rate, 3), "jobs": sum(report.jobs.values()),
                     "from_tables": report.from_tables, "queue_fetches": report.queue_fetches}
 
+        if name in ("e2e", "profile"):  # its own Queue API stand-in, in a process of its own
+            return await end_to_end(settings, env, run_dir, args, profile_only=name == "profile")
+
         async def stages(standin: Any, root_url: str) -> dict[str, Any]:
             env["TASKCLUSTER_ROOT_URL"] = root_url
             data = await stage_data(settings, events=args.events, seed=7, root_url=root_url)
@@ -109,9 +114,7 @@ async def part(name: str, base: Any, run_dir: Path, args: argparse.Namespace) ->
                 result = await bench_stages.bench_worker(settings, env, data, args.repeats, run_dir / "logs")
                 result["queue_api_requests"] = dict(standin.stats["requests"])
                 return result
-            if name == "sink":
-                return await bench_stages.bench_sink(settings, data, args.repeats)
-            return await end_to_end(settings, env, standin, root_url, run_dir, args)
+            return await bench_stages.bench_sink(settings, data, args.repeats)
 
         result = await with_standin(stages)
         cleanup = result.pop("cleanup", {})
@@ -120,21 +123,27 @@ async def part(name: str, base: Any, run_dir: Path, args: argparse.Namespace) ->
         await delete_namespace(settings, **cleanup)
 
 
-async def end_to_end(settings: Any, env: dict[str, str], standin: Any, root_url: str, run_dir: Path,
-                     args: argparse.Namespace) -> dict[str, Any]:
-
-    e2e = EndToEnd(settings, env, standin, run_dir / "logs" / settings.namespace)
+async def end_to_end(settings: Any, env: dict[str, str], run_dir: Path, args: argparse.Namespace, *,
+                     profile_only: bool = False) -> dict[str, Any]:
+    """The e2e part (latency per offered rate, sustained, backlog) or, with ``profile_only``, the Firefox CI
+    profile on a pipeline of its own (fresh processes, as a burst would meet them after a quiet time)."""
+    e2e = EndToEnd(settings, env, run_dir / "logs" / settings.namespace)
     result: dict[str, Any] = {"latency": {}, "sustained": [], "backlog": []}
     await e2e.start()
     try:
         await warm_up(e2e)
+        if profile_only:
+            profile = await e2e.run_profile(args.profile)
+            profile["queue_api_requests"] = await e2e.queue_api_requests()
+            profile["peak_rss_kib"] = await e2e.stop()
+            return profile
         for _ in range(args.e2e_repeats):
             for rate, events in args.rate_events.items():
                 runs = result["latency"].setdefault(str(rate), [])
                 runs.append(await e2e.run_load(events=events, rate=rate))
             result["sustained"].append(await e2e.run_load(events=args.sustained_events, rate=0))
             result["backlog"].append(await e2e.backlog(messages=args.backlog))
-        result["queue_api_requests"] = dict(standin.stats["requests"])
+        result["queue_api_requests"] = await e2e.queue_api_requests()
     finally:
         result["peak_rss_kib"] = await e2e.stop()
     for rate, runs in result["latency"].items():
@@ -145,6 +154,13 @@ async def end_to_end(settings: Any, env: dict[str, str], standin: Any, root_url:
     result["backlog_median_s"] = median([r["seconds_from_consumer"] or float("inf") for r in result["backlog"]])
     result["backlog_from_start_median_s"] = median([r["seconds_from_process_start"] for r in result["backlog"]])
     return result
+
+
+def compact_json(results: dict[str, Any]) -> str:
+    """Indented JSON with every array of numbers on one line: the latency samples stay a few lines long."""
+    text = json.dumps(results, indent=2, default=str)
+    text = re.sub(r"\[[-0-9.,eE\s]*\]", lambda found: re.sub(r"\s+", "", found[0]).replace(",", ", "), text)
+    return re.sub(r"\[(\s*\[[-0-9., eE]*\],?)+\s*\]", lambda found: re.sub(r"\s+", "", found[0]), text)
 
 
 def table(results: dict[str, Any]) -> list[str]:
@@ -197,6 +213,21 @@ def table(results: dict[str, Any]) -> list[str]:
                      met(e2e["backlog_median_s"] < TARGETS["backlog_s"])))
         for name, kib in e2e["peak_rss_kib"].items():
             rows.append((f"peak RSS {name}", f"{(kib or 0) / 1024:.0f} MiB", "", "", "-"))
+    profile = results.get("profile")
+    if profile:
+        for phase in profile["phases"]:
+            figures = phase["latency_ms"]
+            burst = phase["name"] == profile["burst"]
+            rows.append((f"Firefox CI profile: {phase['name']} @ {phase['rate']:,.0f}/s", f"p50 {figures['p50']} ms",
+                         f"p99 {figures['p99']} ms, max {figures['max']} ms, {phase['events']:,} events",
+                         f"p99 < {TARGETS['p99_ms_in_burst']:.0f} ms" if burst else "",
+                         met(figures["p99"] < TARGETS["p99_ms_in_burst"] and profile["complete"]) if burst else "-"))
+        rows.append(("  burst's backlog cleared", f"{profile['burst_clear_s']:.2f} s",
+                     "from the burst's last event to the last of its jobs", "", "-"))
+        cpu = profile.get("cpu_us_per_event") or {}
+        if cpu:
+            spent = ", ".join(f"{name} {us:,}" for name, us in sorted(cpu.items(), key=lambda item: -item[1]))
+            rows.append(("  CPU µs per event, profile", f"{sum(cpu.values()):,} µs", spent, "", "-"))
     if results.get("worker", {}).get("worker_peak_rss_kib"):
         rows.append(("peak RSS worker (stage run)", f"{results['worker']['worker_peak_rss_kib'] / 1024:.0f} MiB",
                      "", "", "-"))
@@ -241,6 +272,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.rate_events = {100: 200, 1000: 1000, 5000: 2500} if args.quick else {100: 1000, 1000: 10_000, 5000: 50_000}
     args.sustained_events = 2000 if args.quick else 15_000
     args.backlog = 2000 if args.quick else 8000  # the full run holds the 8,000 a Pulse queue may reach
+    args.profile = FIREFOX_CI_QUICK if args.quick else FIREFOX_CI  # (phase, seconds, events/s)
     args.replay_tasks = 2000 if args.quick else 5000
     args.core_seconds = 2.0 if args.quick else 5.0
     args.parts = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -283,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.run(run_parts(args, base, results))
     results["seconds"] = round(time.monotonic() - began, 1)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    args.output.write_text(compact_json(results) + "\n")
     print()
     print("\n".join(table(results)))
     print(f"\n{results['seconds']:.0f}s; figures in {args.output}")
