@@ -107,6 +107,8 @@ class Settings:
     sink_web_port: int = 0  # /metrics and /healthz of the sink; 0: off
     source_prefetch: int = 500
     sink_max_in_flight: int = 1000
+    # Seconds before the group gives a silent worker's partitions to the others (streams/worker/membership.py).
+    worker_session_timeout: float = 6.0
     # Kafka security (see docs/security.md); streams/kafka_config.py turns these into client arguments.
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str = ""
@@ -218,6 +220,13 @@ def _non_negative_int(text: Any) -> int:
     value = int(text)
     if value < 0:
         raise ValueError
+    return value
+
+
+def _session_timeout(text: Any) -> float:
+    value = float(text)
+    if not 6.0 <= value <= 300.0:
+        raise ValueError(value)
     return value
 
 
@@ -359,6 +368,8 @@ _SCALARS: tuple[tuple[str, str, str, Callable[[Any], Any], str], ...] = (
      "a positive integer"),
     ("sink_max_in_flight", "TC_TREEHERDER_SINK_MAX_IN_FLIGHT", "sink_max_in_flight", _positive_int,
      "a positive integer"),
+    ("worker_session_timeout", "TC_TREEHERDER_WORKER_SESSION_TIMEOUT", "worker_session_timeout",
+     _session_timeout, "a number of seconds from 6 (Kafka's least by default) to 300"),
     ("kafka_security_protocol", "TC_TREEHERDER_KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol",
      _security_protocol, " or ".join(KAFKA_SECURITY_PROTOCOLS)),
     ("kafka_sasl_mechanism", "TC_TREEHERDER_KAFKA_SASL_MECHANISM", "kafka_sasl_mechanism", _sasl_mechanism,

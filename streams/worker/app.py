@@ -30,6 +30,7 @@ from streams.shared.topics import TABLES
 from streams.taskcluster.queue_client import QueueClient
 from streams.worker.batch_pipeline import BatchPipeline
 from streams.worker.gaps import OffsetWatch
+from streams.worker.membership import heartbeat_interval, leave_when_closing
 from streams.worker.processor import EventProcessor, RetryPolicy, SourceEvent
 from streams.worker.tables import (
     BatchWrites,
@@ -59,7 +60,9 @@ BATCH_LINGER = 0.01
 
 def faust_app(settings: Settings) -> faust.App:
     """The Faust app with the settings every worker needs: explicit partitions, acks from all replicas, one
-    standby replica of each table, static membership when ``TC_TREEHERDER_WORKER_ID`` is set."""
+    standby replica of each table, static membership when ``TC_TREEHERDER_WORKER_ID`` is set, and a short
+    session with frequent heartbeats so that a change of the group holds partitions up for seconds, not a
+    minute (``streams.worker.membership``)."""
     return faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
@@ -76,6 +79,8 @@ def faust_app(settings: Settings) -> faust.App:
         web_host=settings.web_host,
         web_port=settings.web_port or 6066,
         consumer_group_instance_id=os.environ.get("TC_TREEHERDER_WORKER_ID") or None,
+        broker_session_timeout=settings.worker_session_timeout,
+        broker_heartbeat_interval=heartbeat_interval(settings.worker_session_timeout),
     )
 
 
@@ -110,6 +115,7 @@ class Worker:
         self.app.on_before_shutdown.connect(self._close_queue_client)
         self.app.on_partitions_revoked.connect(self._forget_partitions)
         self.app.on_partitions_assigned.connect(self._forget_partitions)
+        self.app.on_partitions_assigned.connect(leave_when_closing)  # a LeaveGroup even as a static member
         worker = self
 
         @self.app.agent(self.events_topic, name="task-events-to-jobs", concurrency=1)

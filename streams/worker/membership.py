@@ -1,0 +1,74 @@
+"""How long a change of the workers' group holds partitions up: short session, frequent heartbeats, a clean leave.
+
+A partition stops while the group rebalances, and a member that went away without saying so holds its
+partitions until the group coordinator gives up on it. Three settings of the worker's Kafka consumer bound
+that time:
+
+- **Session timeout** (Faust's default: 60 s): how long the coordinator waits for a silent member (SIGKILL, a
+  crash, a lost host) before it hands its partitions to the others. ``TC_TREEHERDER_WORKER_SESSION_TIMEOUT``,
+  6 s by default: the least a Kafka broker accepts out of the box (``group.min.session.timeout.ms``).
+  Heartbeats come from the consumer's own thread, so a busy event loop does not miss them.
+- **Heartbeat interval** (Faust's default: 3 s): members learn that a rebalance began only from the answer to
+  a heartbeat, so a worker that joins waits up to one interval for every other member to notice. A sixth of
+  the session timeout (1 s by default), as Kafka advises (at most a third).
+- **Leaving on a clean stop.** With static membership (``TC_TREEHERDER_WORKER_ID``: a worker that restarts
+  under its id gets its partitions back without a rebalance) a consumer sends no LeaveGroup when it closes
+  (KIP-345; aiokafka's ``GroupCoordinator._maybe_leave_group`` skips it), so a worker stopped with SIGTERM
+  held its partitions for the whole session timeout. The worker's coordinator here sends LeaveGroup with its
+  member id when it closes (after its final commit, where a dynamic member would leave): the coordinator
+  removes the member, static or not, and the group rebalances at once. A restart under the same id then
+  joins as a new member: two quick rebalances instead of one long silence.
+
+``streams.worker.app.faust_app`` sets the first two; ``Worker`` connects ``leave_when_closing`` to the app's
+assignments.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+from aiokafka.consumer.group_coordinator import GroupCoordinator
+from aiokafka.errors import KafkaError
+from aiokafka.protocol.group import LeaveGroupRequest
+
+log = logging.getLogger(__name__)
+
+
+def heartbeat_interval(session_timeout: float) -> float:
+    return session_timeout / 6
+
+
+async def leave_when_closing(app: faust.App, *args: Any, **kwargs: Any) -> None:
+    """For ``app.on_partitions_assigned``: the consumer's coordinator exists once the consumer has joined, and
+    the first assignment is the first sure moment to reach it."""
+    coordinator = _coordinator(app)
+    if coordinator is not None:
+        leave_on_close(coordinator)
+
+
+def _coordinator(app: faust.App) -> GroupCoordinator | None:
+    thread = getattr(app.consumer, "_thread", None)
+    consumer = getattr(thread, "_consumer", None)
+    coordinator = getattr(consumer, "_coordinator", None)
+    return coordinator if isinstance(coordinator, GroupCoordinator) else None
+
+
+def leave_on_close(coordinator: GroupCoordinator) -> None:
+    """Make ``coordinator`` leave the group when it closes, even as a static member."""
+    if getattr(coordinator, "_leaves_on_close", False):
+        return
+
+    async def maybe_leave_group() -> None:
+        if coordinator.generation > 0 and coordinator.member_id:
+            try:
+                await coordinator._send_req(LeaveGroupRequest(coordinator.group_id, coordinator.member_id))
+            except KafkaError as error:  # best effort, as for a dynamic member: the session timeout remains
+                log.warning("leaving the group failed (%s): the session timeout will remove this worker", error)
+            else:
+                log.info("left the group %s as %s", coordinator.group_id, coordinator.member_id)
+        coordinator.reset_generation()
+
+    coordinator._maybe_leave_group = maybe_leave_group  # type: ignore[method-assign]
+    coordinator._leaves_on_close = True  # type: ignore[attr-defined]
