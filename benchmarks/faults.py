@@ -8,7 +8,9 @@ Each fault gets its own scenario (``benchmarks/faults_lab.py``): a fresh namespa
 source, workers and sink as real processes, at least ``--events`` simulated task events published to the
 task exchanges, the fault injected once a quarter of the expected jobs arrived, then a wait until every run
 reached its final state (or nothing arrived for ``--idle`` seconds). The simulator's ``ExpectedRun`` records
-are the oracle. Prints a table and writes ``bench-results/faults.json``. Exit status 1 when a job was lost
+are the oracle. Beside lost and duplicated jobs, each row gives the longest time without a job message while
+jobs were still to come (how long the fault held delivery up). Prints a table and writes
+``bench-results/faults.json``. Exit status 1 when a job was lost
 or a run did not end in its final state.
 
 Kafka is a broker of the harness's own (port 29092, data under ``<state dir>/faults/kafka-<port>``), wiped at start
@@ -95,13 +97,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 HEADER = ("fault", "events", "jobs expected", "received", "lost", "duplicates", "not final", "went back",
-          "seconds")
+          "longest stall (s)", "seconds")
 
 
 def _cells(name: str, result: ScenarioResult) -> tuple[str, ...]:
     v = result.verdict
     return (name, str(result.events), str(v.expected_jobs), str(v.received), str(v.lost), str(v.duplicates),
-            str(v.wrong_final), str(v.backward_steps), f"{result.seconds:.0f}")
+            str(v.wrong_final), str(v.backward_steps), f"{result.stall:.1f}", f"{result.seconds:.0f}")
 
 
 def _row(name: str, result: ScenarioResult) -> str:

@@ -94,6 +94,8 @@ class FaultSpec:
     bound: str  # why duplicates stay bounded, and by what
     needs_owned_kafka: bool = False
     after_publishing: bool = False  # inject only once every event is in RabbitMQ (the publisher is not robust)
+    spare_workers: int = 0  # workers the scenario defines but does not start (the fault starts them)
+    stops_for_good: tuple[str, ...] = ()  # processes the fault ends without starting them again
 
 
 @dataclass(slots=True)
@@ -106,6 +108,10 @@ class ScenarioResult:
     exited: dict[str, int]
     notes: list[str]
     fault_seconds: float = 0.0  # time spent inside the injectors (outage lengths)
+    # The longest time without a job message while jobs were still to come (Verdict.stall), and when it
+    # began, in seconds after the first fault was injected (negative: before it).
+    stall: float = 0.0
+    stall_after_fault: float | None = None
 
     @property
     def exited_unexpectedly(self) -> bool:
@@ -119,7 +125,9 @@ class ScenarioResult:
             "expected_jobs": v.expected_jobs, "received": v.received, "lost": v.lost,
             "duplicates": v.duplicates, "wrong_final": v.wrong_final, "backward_steps": v.backward_steps,
             "unexpected": v.unexpected, "seconds": round(self.seconds, 1),
-            "fault_seconds": round(self.fault_seconds, 1), "exited": self.exited, "notes": self.notes,
+            "fault_seconds": round(self.fault_seconds, 1), "stall_seconds": round(self.stall, 1),
+            "stall_after_fault": None if self.stall_after_fault is None else round(self.stall_after_fault, 1),
+            "exited": self.exited, "notes": self.notes,
             "examples": list(v.examples),
         }
 
@@ -150,6 +158,26 @@ def _stop_and_restart(process: str, pause: float, signal_name: str,
 
 def _targets(scenario: Scenario, process: str) -> list[str]:
     return scenario.pipeline.workers[:1] if process == "worker" else [process]
+
+
+def gone(process: str, signal_name: str) -> Injector:
+    """Stop ``process`` (the first worker for "worker") with SIGTERM or SIGKILL and do not start it again:
+    the others must take its partitions over."""
+    async def inject(scenario: Scenario) -> None:
+        targets = _targets(scenario, process)
+        how = scenario.pipeline.kill if signal_name == "SIGKILL" else scenario.pipeline.stop
+        began = time.monotonic()
+        await asyncio.to_thread(how, *targets)
+        scenario.note(f"{signal_name} {', '.join(targets)} (not restarted): exited after "
+                      f"{time.monotonic() - began:.1f}s")
+    return inject
+
+
+async def add_worker(scenario: Scenario) -> None:
+    """Start a worker the scenario kept spare: the group rebalances and it takes a share of the partitions."""
+    spare = [name for name in scenario.pipeline.workers if scenario.pipeline.processes[name].starts == 0]
+    scenario.pipeline.start(spare[0])
+    scenario.note(f"started {spare[0]}")
 
 
 # Broker faults
@@ -226,6 +254,14 @@ def catalogue(settings: Settings) -> dict[str, FaultSpec]:
                   "(Faust commits every 2.8 s) plus the batches in hand (at most 4 x 500 events)"),
         FaultSpec("worker-sigterm", "SIGTERM worker-0, restart it 2 s later", sigterm("worker"),
                   "Faust commits acknowledged batches at shutdown: 0 unless a batch was cut short"),
+        FaultSpec("worker-added", "start one more worker mid-stream", add_worker,
+                  "the workers that give partitions up settle their batches in hand first: 0", spare_workers=1),
+        FaultSpec("worker-removed", "SIGTERM worker-0 and do not restart it", gone("worker", "SIGTERM"),
+                  "acknowledged batches are committed at shutdown: 0 unless a batch was cut short",
+                  stops_for_good=("worker-0",)),
+        FaultSpec("worker-lost", "SIGKILL worker-0 and do not restart it", gone("worker", "SIGKILL"),
+                  "events processed since the last offset commit plus the batches in hand, as worker-kill9",
+                  stops_for_good=("worker-0",)),
         FaultSpec("sink-kill9", "SIGKILL the sink, restart it 2 s later", kill9("sink"),
                   f"jobs confirmed after the last commit (every 0.5 s) plus the in-flight window ({window}) "
                   "per destination are published again"),
@@ -305,14 +341,16 @@ async def run_scenario(lab: Lab, faults: list[FaultSpec], *, events: int, seed: 
     wanted = expected_job_count(expected)
     log(f"[{namespace}] {event_count} events, {task_count} tasks, {wanted} jobs expected; "
         f"faults: {', '.join(f.name for f in faults) or 'none'}")
-    pipeline = LocalPipeline(env, lab.work_dir / namespace / "logs", workers=workers)
+    spare = sum(fault.spare_workers for fault in faults)
+    pipeline = LocalPipeline(env, lab.work_dir / namespace / "logs", workers=workers + spare)
     observer = JobObserver(settings, durable_queue=f"queue/guest/{namespace}/faults-observer")
     fault_seconds = 0.0
+    first_fault: float | None = None
     scenario: Scenario | None = None
     try:
         await ensure_topics(settings)
         await observer.start()
-        pipeline.start()
+        pipeline.start(*(name for name in pipeline.processes if name not in pipeline.workers[workers:]))
         if not await wait_for_consumer(settings.pulse_url, settings.pulse_queue("task-events"), patience=90):
             raise RuntimeError(f"the source did not start:\n{pipeline.log_tail('source')}")
         publishing = asyncio.ensure_future(_publish(settings, standin, groups))
@@ -324,17 +362,27 @@ async def run_scenario(lab: Lab, faults: list[FaultSpec], *, events: int, seed: 
                 await publishing
             log(f"[{namespace}] {observer.received}/{wanted} jobs: injecting {fault.name}")
             injected = time.monotonic()
+            first_fault = first_fault or injected
             await fault.inject(scenario)
             fault_seconds += time.monotonic() - injected
         await publishing
         result = await wait_settled(observer, expected, idle=idle, limit=limit)
+        stall_after = (None if result.stall_began is None or first_fault is None
+                       else result.stall_began - first_fault)
         return ScenarioResult([f.name for f in faults], event_count, task_count, result,
-                              time.monotonic() - began, pipeline.exited(), scenario.notes, fault_seconds)
+                              time.monotonic() - began, _exited(pipeline, faults), scenario.notes, fault_seconds,
+                              result.stall, stall_after)
     finally:
         await asyncio.to_thread(pipeline.stop)
         await observer.close()
         await standin.stop()
         await _clean_up(lab, settings, sink_user)
+
+
+def _exited(pipeline: LocalPipeline, faults: list[FaultSpec]) -> dict[str, int]:
+    """Processes that ended on their own, not those a fault stopped for good."""
+    stopped = {name for fault in faults for name in fault.stops_for_good}
+    return {name: code for name, code in pipeline.exited().items() if name not in stopped}
 
 
 def _workload(settings: Settings, root_url: str, events: int, seed: int) -> tuple[list[Any], list[Any]]:

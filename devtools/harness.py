@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -197,6 +198,8 @@ class JobObserver:
     latest: deque[ObservedJob] = field(default_factory=lambda: deque(maxlen=8))
     first_at: float | None = None
     last_at: float | None = None
+    arrivals: list[float] = field(default_factory=list)  # time.monotonic() of every message, in order
+    last_new_at: float | None = None  # when a (job, state, result) not seen before last arrived
     _connections: list[aio_pika.abc.AbstractRobustConnection] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -221,6 +224,7 @@ class JobObserver:
         now = time.monotonic()
         self.first_at = self.first_at or now
         self.last_at = now
+        self.arrivals.append(now)
         destination = (message.routing_key or "").split(".", 1)[0]
         state, result = job.get("state", "?"), job.get("result", "unknown")
         self.received += 1
@@ -228,12 +232,24 @@ class JobObserver:
         self.by_state[f"{state}/{result}"] += 1
         job_id = f"{destination}/{job.get('taskId')}"
         self.per_message[(job_id, state, result)] += 1
+        if self.per_message[(job_id, state, result)] == 1:
+            self.last_new_at = now
         self.last_state[job_id] = (state, result)
         self.history.setdefault(job_id, []).append(state)
         display = job.get("display", {})
         self.latest.append(ObservedJob(destination, message.routing_key or "", job.get("taskId", "?"), state,
                                        result, display.get("jobSymbol", "?"), display.get("jobName", "?"), now))
         await message.ack()
+
+    def longest_stall(self, until: float | None = None) -> tuple[float, float | None]:
+        """The longest time between two messages (seconds, and when it began), among those that arrived by
+        ``until``: while jobs were still to come, the longest time none was delivered."""
+        times = [at for at in self.arrivals if until is None or at <= until]
+        gaps = [(later - earlier, earlier) for earlier, later in itertools.pairwise(times)]
+        if not gaps:
+            return 0.0, None
+        gap, began = max(gaps)
+        return gap, began
 
     @property
     def duplicates(self) -> int:
@@ -346,6 +362,10 @@ class Verdict:
     # pass missed, let out by the state guard when the log was read again (streams/core/state_guard.py).
     late_jobs: int = 0
     examples: tuple[str, ...] = ()  # a few runs that were lost or ended wrong, for the log
+    # The longest time without a job message between the first one and the last one the verdict needed
+    # (later messages are duplicates arriving after everything was there), and when it began (monotonic).
+    stall: float = 0.0
+    stall_began: float | None = None
 
     @property
     def settled(self) -> bool:
@@ -385,9 +405,11 @@ def verdict(observer: JobObserver, expected: Iterable[Any]) -> Verdict:
             examples.append(f"{key}: expected {run.jobs} jobs ending {run.state}/{run.result}, "
                             f"got {observer.history.get(key, [])}")
     unexpected = sum(count for (job_id, _, _), count in observer.per_message.items() if job_id not in keys)
+    stall, stall_began = observer.longest_stall(observer.last_new_at)
     return Verdict(expected_jobs=wanted, received=observer.received, distinct=distinct, lost=lost,
                    duplicates=observer.received - distinct - unexpected, wrong_final=wrong,
-                   backward_steps=backward, late_jobs=late, unexpected=unexpected, examples=tuple(examples))
+                   backward_steps=backward, late_jobs=late, unexpected=unexpected, examples=tuple(examples),
+                   stall=stall, stall_began=stall_began)
 
 
 async def wait_settled(observer: JobObserver, expected: list[Any], *, idle: float, limit: float,
