@@ -72,6 +72,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         ready = th.prepare(instance)
         if args.action == "push":
             for push in th.register_pushes(ready, [(args.project, args.revision)], author=args.author):
+                if push["push_id"] is None:
+                    print(f"tc-treeherder treeherder push: no repository {args.project!r} in this Treeherder "
+                          f"(see {instance.api_url}/api/repository/)", file=sys.stderr)
+                    return 1
                 state = "registered" if push["created"] else "already known"
                 print(f"push {push['push_id']} {push['project']} {push['revision']}: {state}; jobs: "
                       f"{instance.api_url}/api/project/{push['project']}/jobs/?push_id={push['push_id']}")

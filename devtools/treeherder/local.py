@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from devtools.stack.probe import wait_until
 from devtools.stack.process import file_lock, is_alive, read_pid, stop_pid
@@ -43,6 +44,7 @@ class Instance:
     database: str = "treeherder"
     api_port: int = DEFAULT_PORT
     redis_port: int = 6379
+    redis_db: int = 0  # its own Redis database: Treeherder caches lookups there (see clear_cache)
 
     @classmethod
     def from_settings(cls, settings: Settings, port: int | None = None) -> Instance:
@@ -81,7 +83,7 @@ def treeherder_env(installation: install.Installation, instance: Instance, datab
     home.mkdir(parents=True, exist_ok=True)
     env.update({
         "DATABASE_URL": database_url,
-        "REDIS_URL": f"redis://127.0.0.1:{instance.redis_port}",
+        "REDIS_URL": f"redis://127.0.0.1:{instance.redis_port}/{instance.redis_db}",
         "BROKER_URL": "memory://",  # celery tasks (log parsing, ...) are queued in memory and never run
         "SITE_URL": f"http://localhost:{instance.api_port}",
         "DJANGO_SETTINGS_MODULE": "treeherder.config.settings",
@@ -109,8 +111,12 @@ def _manage(ready: Ready, *args: str, timeout: float = 600) -> str:
     return result.stdout
 
 
-def prepare(instance: Instance, log: Log = _quiet) -> Ready:
-    """Code, venv, Postgres, Redis and a migrated database with Treeherder's initial data."""
+def prepare(instance: Instance, log: Log = _quiet, *, fresh: bool = False) -> Ready:
+    """Code, venv, Postgres, Redis and a migrated database with Treeherder's initial data.
+
+    ``fresh``: start from an empty database (Treeherder's initial data only), copied in about a second from a
+    template made by the first migration; the tests use it so that no job of an earlier run can pass for theirs.
+    """
     steps: list[tuple[str, str, float]] = []
     instance.state.mkdir(parents=True, exist_ok=True)
     installation_box: list[install.Installation] = []
@@ -136,17 +142,31 @@ def prepare(instance: Instance, log: Log = _quiet) -> Ready:
 
     def database() -> str:
         with file_lock(instance.state / f"database-{instance.database}.lock"):
-            services.ensure_database(cluster, instance.database)
-            if _has_initial_data(cluster, instance.database):
-                return "ready"
-            log(f"migrating database {instance.database} and loading Treeherder's initial data (once)")
-            _manage(ready, "migrate", "--noinput")
-            _manage(ready, "load_initial_data")
-            _manage(ready, "createcachetable")
-            return "migrated"
+            return _ensure_database(ready, instance, cluster, fresh, log)
 
     _timed(steps, f"database {instance.database}", database)
     return ready
+
+
+def _ensure_database(ready: Ready, instance: Instance, cluster: services.Cluster, fresh: bool, log: Log) -> str:
+    template = f"{instance.database}_template"
+    if fresh and _has_initial_data(cluster, template):
+        services.drop_database(cluster, instance.database)
+        services._psql(cluster, f'CREATE DATABASE "{instance.database}" OWNER {services.ROLE} TEMPLATE "{template}"')
+        return "fresh (from template)"
+    if fresh:
+        services.drop_database(cluster, instance.database)
+    services.ensure_database(cluster, instance.database)
+    if _has_initial_data(cluster, instance.database):
+        return "ready"
+    log(f"migrating database {instance.database} and loading Treeherder's initial data (once)")
+    _manage(ready, "migrate", "--noinput")
+    _manage(ready, "load_initial_data")
+    _manage(ready, "createcachetable")
+    if fresh:  # keep this state as the template of the next fresh database
+        services.drop_database(cluster, template)
+        services._psql(cluster, f'CREATE DATABASE "{template}" OWNER {services.ROLE} TEMPLATE "{instance.database}"')
+    return "migrated"
 
 
 def _has_initial_data(cluster: services.Cluster, database: str) -> bool:
@@ -247,6 +267,18 @@ class IngesterSpec:
                    name=f"{prefix}tc-treeherder/treeherder-{destination.name}", bindings=(f"{destination.name}.#",),
                    metrics_port=metrics_port, default_root_url=settings.taskcluster_root_url, **options)
 
+    def queues(self) -> list[str]:
+        """Every queue the ingester declares (to delete a test's or a demo's afterwards)."""
+        user = urlsplit(self.pulse_url).username or "guest"
+        base = f"queue/{user}/{self.name}"
+        delays = [float(d) for d in self.delays.split(",") if d.strip()]
+        return [base, f"{base}/parked", *(f"{base}/delay-{_delay_label(d)}" for d in delays)]
+
+    @property
+    def retry_exchange(self) -> str:
+        user = urlsplit(self.pulse_url).username or "guest"
+        return f"exchange/{user}/{self.name}/retry"
+
     def command(self, ready: Ready) -> list[str]:
         command = ready.python("-m", "tc_jobs_ingester", "run", "--pulse-url", self.pulse_url, "--name", self.name,
                                "--exchange", self.exchange, "--concurrency", str(self.concurrency),
@@ -258,6 +290,12 @@ class IngesterSpec:
         if self.default_root_url:
             command += ["--default-root-url", self.default_root_url]
         return command
+
+
+def _delay_label(seconds: float) -> str:
+    """As tc_jobs_ingester.policy.delay_label names a delay queue (that package runs in Treeherder's Python)."""
+    millis = round(seconds * 1000)
+    return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
 
 
 def ingester_status(spec: IngesterSpec) -> dict[str, Any] | None:
@@ -314,6 +352,24 @@ def stop_ingesters(instance: Instance) -> list[tuple[str, str]]:
 
 
 # Pushes and the REST API.
+
+
+def clear_cache(instance: Instance) -> None:
+    """Empty the instance's Redis database: Treeherder's API caches some lookups for five minutes (the option
+    collections behind ``platform_option``, for one), so a job stored after the first API call may be listed
+    with a stale lookup until the cache expires. Tests clear it before they compare."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", instance.redis_port), timeout=5) as sock:
+        sock.sendall(f"SELECT {instance.redis_db}\r\nFLUSHDB\r\n".encode())
+        answer = b""
+        while answer.count(b"\r\n") < 2:
+            chunk = sock.recv(64)
+            if not chunk:
+                break
+            answer += chunk
+    if answer.count(b"+OK") < 2:
+        raise TreeherderError(f"Redis did not clear database {instance.redis_db}: {answer!r}")
 
 
 def register_pushes(ready: Ready, pushes: Iterable[tuple[str, str]], author: str = "tc-treeherder@example.com",

@@ -2,7 +2,8 @@
 
 Run with Treeherder's Python and settings (devtools/treeherder/local.py does): reads a JSON list of
 ``{"project", "revision", "author"}`` on stdin, prints one JSON line: ``[{"project", "revision", "push_id",
-"created"}, ...]``. Registering an existing push changes nothing. This file runs outside tc-treeherder's
+"created"}, ...]``, with ``push_id`` None for a project Treeherder does not know. Registering an existing push
+changes nothing. This file runs outside tc-treeherder's
 packages and imports none of them.
 """
 
@@ -26,8 +27,9 @@ def main() -> int:
         try:
             repository = Repository.objects.get(name=entry["project"])
         except Repository.DoesNotExist:
-            print(f"no repository {entry['project']!r} in this Treeherder", file=sys.stderr)
-            return 1
+            done.append({"project": entry["project"], "revision": entry["revision"], "push_id": None,
+                         "created": False})
+            continue
         push, created = Push.objects.get_or_create(
             repository=repository, revision=entry["revision"],
             defaults={"author": entry.get("author") or "tc-treeherder", "time": timezone.now()})
