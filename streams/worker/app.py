@@ -102,7 +102,8 @@ class Worker:
                                              **raw).get_topic_name() for name in ("jobs", "rejected")}
         # In the order of WorkerTables' fields; ensure_topics has created their changelogs already.
         self.tables = WorkerTables(*(_raw_table(self.app, name, settings.partitions) for name in TABLES))
-        self.watch = OffsetWatch(settings, self.events_topic.get_topic_name(), settings.app_id)
+        self.watch = OffsetWatch(settings, self.events_topic.get_topic_name(), settings.app_id,
+                                 stopping=lambda: self.app.should_stop)
         self.processor: EventProcessor | None = None  # made inside the loop, with the Queue client's session
         self._client = client
         self._policy = policy

@@ -17,17 +17,22 @@ backwards (Faust seeking back) is simply accepted: the output is the same again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from streams.shared.kafka_config import kafka_client_kwargs
 from streams.shared.settings import Settings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +51,7 @@ class OffsetWatch:
     group_id: str
     expected: dict[int, int] = field(default_factory=dict)
     filled: int = 0  # records fetched to fill gaps, since start (for metrics and tests)
+    stopping: Callable[[], bool] = lambda: False  # the worker is stopping: give up waiting for Kafka
 
     def forget(self, partitions: Iterable[int] | None = None) -> None:
         """After a rebalance: where a partition resumes is the group's committed offset, asked anew."""
@@ -65,7 +71,8 @@ class OffsetWatch:
         """
         unknown = sorted({partition for partition, _ in offsets if partition not in self.expected})
         if unknown:
-            starts = await self._starting_offsets(unknown)
+            starts = await self._until_answered("read the group's committed offsets",
+                                                lambda: self._starting_offsets(unknown))
             for partition in unknown:
                 done = processed(partition)
                 if done is not None and done + 1 < starts[partition]:
@@ -85,6 +92,24 @@ class OffsetWatch:
         """The records of ``gaps``, read directly from Kafka, in offset order per partition."""
         if not gaps:
             return []
+        return await self._until_answered("read skipped records", lambda: self._fetch(gaps))
+
+    async def _until_answered(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, again after a Kafka error until Kafka answers (a broker restart): the batch waits, as it
+        would for the Queue API, rather than ending the worker. Raises the error once the worker is stopping."""
+        delay = 0.5
+        while True:
+            try:
+                return await call()
+            except KafkaError as error:
+                if self.stopping():
+                    raise
+                log.warning("Kafka unavailable to %s (%s: %s); retrying in %.1fs", what, type(error).__name__,
+                            error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _fetch(self, gaps: Sequence[Gap]) -> list[ConsumerRecord]:
         consumer = AIOKafkaConsumer(**kafka_client_kwargs(self.settings), enable_auto_commit=False,
                                     group_id=None, auto_offset_reset="earliest")
         await consumer.start()

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+from aiokafka.errors import KafkaConnectionError
+
 from streams.shared.settings import load_settings
 from streams.worker.gaps import Gap, OffsetWatch
 
@@ -37,3 +42,29 @@ async def test_a_rebalance_forgets_only_the_partitions_it_names():
     assert tracked.expected == {0: 5, 2: 9}
     tracked.forget()
     assert tracked.expected == {}
+
+
+async def test_kafka_away_makes_the_lookup_wait_and_try_again_not_fail(monkeypatch):
+    """A broker restart: the batch waits for Kafka (the worker used to exit with status 70 here)."""
+    monkeypatch.setattr(asyncio, "sleep", _no_sleep)
+    tracked = watch()
+    answers = [KafkaConnectionError("down"), KafkaConnectionError("down"), {0: 4}]
+
+    async def starting_offsets(self, partitions):
+        answer = answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(OffsetWatch, "_starting_offsets", starting_offsets)
+    assert await tracked.find_gaps([(0, 6)]) == [Gap(0, 4, 6)]
+
+    tracked.forget()
+    tracked.stopping = lambda: True
+    answers[:] = [KafkaConnectionError("down")]
+    with pytest.raises(KafkaConnectionError):  # stopping: the worker exits without acknowledging
+        await tracked.find_gaps([(0, 7)])
+
+
+async def _no_sleep(seconds: float) -> None:
+    pass
