@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ from devtools.harness import (
 from devtools.publisher import PulsePublisher, publish_workload
 from devtools.queue_standin import QueueStandIn
 from devtools.stack import StackError, local
+from devtools.treeherder import TreeherderError
+from devtools.treeherder.demo import TreeherderDemo
 from devtools.workload import WorkloadOptions, iter_groups
 from streams.shared.kafka_config import kafka_client_kwargs
 from streams.shared.settings import Settings, load_settings
@@ -39,6 +42,7 @@ EPILOG = """examples:
   tc-treeherder demo                       # 300 tasks, as fast as the machine goes
   tc-treeherder demo --tasks 2000 --rate 500 --workers 2
   tc-treeherder demo --keep                # keep the demo's topics and queues to look at afterwards
+  tc-treeherder demo --treeherder          # deliver into a real local Treeherder and show what its API lists
 
 The brokers are started when they are not running (see `tc-treeherder up`). Exit status: 0 when every
 expected job arrived, 1 when some did not (the summary says which processes to look at), 130 on Ctrl-C.
@@ -52,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1, help="workload seed (default: 1)")
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default: 1)")
     parser.add_argument("--keep", action="store_true", help="keep the demo's topics, queues and exchanges")
+    parser.add_argument("--treeherder", action="store_true",
+                        help="deliver into a real local Treeherder (see `tc-treeherder treeherder up`) and end with "
+                             "what its API reports")
+    parser.add_argument("--treeherder-port", type=int, metavar="PORT",
+                        help="the local Treeherder's API port (default 8000)")
     parser.add_argument("--idle-timeout", type=float, default=60.0, metavar="S",
                         help="give up waiting for jobs after this long without one (default: 60)")
 
@@ -65,14 +74,24 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except StackError as error:
         print(f"tc-treeherder demo: the local stack did not start: {error}", file=sys.stderr)
         return 1
+    treeherder = None
+    if args.treeherder:
+        print("Starting the local Treeherder (reused when already running)...", flush=True)
+        treeherder = TreeherderDemo(settings, args.treeherder_port)
+        try:
+            for what, outcome, seconds in treeherder.start_treeherder():
+                print(f"  {what:<34} {outcome} ({seconds:.1f}s)")
+        except TreeherderError as error:
+            print(f"tc-treeherder demo: the local Treeherder did not start: {error}", file=sys.stderr)
+            return 1
     try:
-        return asyncio.run(_demo(args, settings))
+        return asyncio.run(_demo(args, settings, treeherder))
     except KeyboardInterrupt:
         print("\nStopped.")
         return 130
 
 
-async def _demo(args: argparse.Namespace, settings: Settings) -> int:
+async def _demo(args: argparse.Namespace, settings: Settings, treeherder: TreeherderDemo | None = None) -> int:
 
     namespace = settings.namespace or f"demo{time.strftime('%Y%m%d%H%M%S')}"
     own_namespace = not settings.namespace  # only a namespace the demo made up is removed afterwards
@@ -95,8 +114,16 @@ async def _demo(args: argparse.Namespace, settings: Settings) -> int:
             print(f"tc-treeherder demo: the source did not start; its log:\n{pipeline.log_tail('source')}",
                   file=sys.stderr)
             return 1
+        before = None
+        if treeherder is not None:
+            spec = await asyncio.to_thread(treeherder.start_ingester, demo_settings)
+            print(f"Started the jobs ingester for {spec.exchange}; registering the pushes in Treeherder")
+
+            async def before(groups: list[Any]) -> None:
+                await asyncio.to_thread(treeherder.register, groups)
+
         print(f"Started source, {args.workers} worker(s) and sink. Publishing {args.tasks} tasks...\n")
-        report, expected, published_at = await _publish(args, demo_settings, standin)
+        report, expected, published_at = await _publish(args, demo_settings, standin, before)
         wanted = expected_job_count(expected)
         view = LiveView(observer, wanted)
         waiting = asyncio.ensure_future(observer.wait_for(wanted, idle=args.idle_timeout, limit=3600))
@@ -110,15 +137,19 @@ async def _demo(args: argparse.Namespace, settings: Settings) -> int:
         view.draw(final=True)
         rejected = await _rejected_summary(demo_settings)
         _summary(report, observer, wanted, rejected, published_at, standin)
+        if treeherder is not None:
+            print("\nWaiting for Treeherder to store the jobs...", flush=True)
+            treeherder.report(await treeherder.wait_settled())
         for name, code in pipeline.exited().items():
             print(f"  ! {name} exited with status {code}; its log: {pipeline.processes[name].log_path}")
         return 0 if complete else 1
     finally:
         pipeline.stop()
+        ingester_queues = await asyncio.to_thread(treeherder.stop) if treeherder is not None else []
         await observer.close()
         await standin.stop()
         if own_namespace and not args.keep:
-            await delete_namespace(demo_settings)
+            await delete_namespace(demo_settings, queues=ingester_queues)
 
 
 def _settings_env(settings: Settings, *, namespace: str, root_url: str, state_dir: Path) -> dict[str, str]:
@@ -139,7 +170,8 @@ def _settings_env(settings: Settings, *, namespace: str, root_url: str, state_di
     return env
 
 
-async def _publish(args: argparse.Namespace, settings: Settings, standin: Any) -> tuple[Any, list[Any], float]:
+async def _publish(args: argparse.Namespace, settings: Settings, standin: Any,
+                   before: Callable[[list[Any]], Awaitable[None]] | None = None) -> tuple[Any, list[Any], float]:
 
     options = WorkloadOptions(tasks=args.tasks, seed=args.seed, root_url=standin.root_url,
                               task_exchange=settings.task_exchange)
@@ -148,6 +180,8 @@ async def _publish(args: argparse.Namespace, settings: Settings, standin: Any) -
     for group in iter_groups(options):
         groups.append(group)
         expected.extend(run for task in group.tasks for run in task.expected)
+    if before is not None:
+        await before(groups)
     started = time.monotonic()
     async with PulsePublisher(settings.pulse_url, settings.task_exchange) as publisher:
         report = await publish_workload(groups, publisher, InProcessRegistrar(standin), rate=args.rate)  # type: ignore[arg-type]
