@@ -1,7 +1,9 @@
 """PulseSource: Taskcluster's task events from a durable Pulse queue into the task-events topic.
 
 The queue ``settings.pulse_queue("task-events")`` is bound to the six task exchanges with
-``route.<prefix>.#`` for each route prefix, so only tasks that carry a Treeherder route reach it. Every
+``route.<prefix>.#`` for each route prefix, so only tasks that carry a Treeherder route reach it; bindings
+the configuration no longer asks for are removed at start (listed through Pulse Guardian, or the RabbitMQ
+management API of a local broker). Every
 message becomes an envelope keyed by its taskId, produced with acks=all; the AMQP message is acknowledged
 only once Kafka has confirmed its record (for a message that cannot become an envelope: its rejected
 record). Up to ``source_prefetch`` messages are in flight at once and the producer batches them, so there is
@@ -16,14 +18,17 @@ the in-flight window (at most ``source_prefetch`` messages per failure), and it 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit
 
 import aio_pika
+import aiohttp
 import aiormq
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
@@ -34,7 +39,8 @@ from connectors.base import Backoff, Connector
 from streams.core.model import EventKind, Stage, reason_class
 from streams.shared import records
 from streams.shared.kafka_config import kafka_client_kwargs
-from streams.shared.settings import Settings
+from streams.shared.redact import redact_text
+from streams.shared.settings import Settings, is_local_broker
 from streams.shared.topics import TopicNames, max_record_bytes
 
 log = logging.getLogger(__name__)
@@ -64,6 +70,7 @@ class SourceCounts:
     acked: int = 0  # AMQP messages acknowledged
     redelivered: int = 0  # deliveries flagged as redelivered by RabbitMQ
     reconnects: int = 0
+    unbound: int = 0  # stale bindings of the queue removed at start
 
     def summary(self) -> str:
         rejected = sum(self.rejected.values())
@@ -239,11 +246,27 @@ class PulseSource(Connector):
         exchanges = [await self._exchange(connection, self.settings.task_exchange(kind.value)) for kind in EventKind]
         channel = await connection.channel()
         queue = await channel.declare_queue(self.settings.pulse_queue("task-events"), durable=True)
+        wanted = {(exchange, f"route.{prefix}.#") for exchange in exchanges for prefix in self.settings.route_prefixes}
         for exchange in exchanges:
             for prefix in self.settings.route_prefixes:
                 await queue.bind(exchange, routing_key=f"route.{prefix}.#")
+        await self._prune(queue, wanted)
         await channel.close()
         return queue
+
+    async def _prune(self, queue: AbstractQueue, wanted: set[tuple[str, str]]) -> None:
+        """Remove the bindings of the durable queue that the configuration no longer asks for (a route prefix
+        taken out, another exchange prefix), as Treeherder's consumers do: a binding outlives the process that
+        made it, and would go on filling the queue with tasks no destination takes."""
+        bindings = await queue_bindings(self.settings, queue.name)
+        if bindings is None:
+            return
+        for exchange, routing_key in bindings:
+            if exchange and (exchange, routing_key) not in wanted:
+                await queue.unbind(exchange, routing_key=routing_key)
+                self.counts.unbound += 1
+                log.info("source: unbound %s from %s with %s: the configuration no longer asks for it",
+                         queue.name, exchange, routing_key)
 
     async def _exchange(self, connection: AbstractConnection, name: str) -> str:
         probe = await connection.channel()
@@ -401,3 +424,50 @@ def describe_bindings(settings: Settings) -> Sequence[tuple[str, str]]:
     """(exchange, binding key) pairs of the source's queue, for docs and status output."""
     return [(settings.task_exchange(kind.value), f"route.{prefix}.#")
             for kind in EventKind for prefix in settings.route_prefixes]
+
+
+PULSE_GUARDIAN_URL = "https://pulseguardian.mozilla.org/"
+MANAGEMENT_PORT = 15672
+
+
+def bindings_api(settings: Settings) -> str | None:
+    """Where the source lists its queue's bindings: ``pulse_bindings_api``, or for ``auto`` the local broker's
+    RabbitMQ management API, or Pulse Guardian for any other broker (AMQP itself cannot list bindings)."""
+    api = settings.pulse_bindings_api
+    if api == "off":
+        return None
+    if api != "auto":
+        return api.rstrip("/") + "/"
+    if is_local_broker(settings.pulse_url):
+        return f"http://{urlsplit(settings.pulse_url).hostname or 'localhost'}:{MANAGEMENT_PORT}/"
+    return PULSE_GUARDIAN_URL
+
+
+async def queue_bindings(settings: Settings, queue: str) -> list[tuple[str, str]] | None:
+    """(exchange, routing key) of every binding of ``queue``, or None when they cannot be had (logged: the
+    source goes on, and only the pruning is skipped)."""
+    base = bindings_api(settings)
+    if base is None:
+        return None
+    parts = urlsplit(settings.pulse_url)
+    if urlsplit(base).hostname == urlsplit(PULSE_GUARDIAN_URL).hostname:
+        url, headers = f"{base}queue/{queue}/bindings", {}
+    else:  # a RabbitMQ management API, with the Pulse URL's credentials
+        vhost = unquote(parts.path[1:]) or "/"
+        url = f"{base}api/queues/{quote(vhost, safe='')}/{quote(queue, safe='')}/bindings"
+        login = f"{unquote(parts.username or 'guest')}:{unquote(parts.password or 'guest')}"
+        headers = {"Authorization": "Basic " + base64.b64encode(login.encode()).decode("ascii")}
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http, \
+                http.get(url, headers=headers) as response:
+            response.raise_for_status()
+            data = await response.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+        log.warning("source: cannot list the bindings of %s at %s (%s): stale bindings are not removed",
+                    queue, base, redact_text(str(error)))
+        return None
+    rows = data.get("bindings") if isinstance(data, dict) else data
+    if not isinstance(rows, list):
+        log.warning("source: the bindings of %s at %s are not a list: stale bindings are not removed", queue, base)
+        return None
+    return [(str(row.get("source") or ""), str(row.get("routing_key") or "")) for row in rows if isinstance(row, dict)]

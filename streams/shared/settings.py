@@ -20,6 +20,7 @@ from streams.core.profiles import PROFILES as _PROFILE_REGISTRY
 from streams.core.rules import DEFAULT_PROFILE, DEFAULT_ROUTE_PREFIXES, DestinationRule, Rules
 from streams.shared.redact import MASK, redact_text, redact_url
 
+# The jobs exchange of the Pulse user taskcluster-treeherder; a destination's default is exchange/<its user>/v1/jobs.
 DEFAULT_JOBS_EXCHANGE = "exchange/taskcluster-treeherder/v1/jobs"
 DEFAULT_TASK_EXCHANGE_PREFIX = "exchange/taskcluster-queue/v1/"
 # The message profiles this version builds: the core's registry is their one home.
@@ -106,6 +107,8 @@ class Settings:
     source_web_port: int = 0  # /metrics and /healthz of the source; 0: off
     sink_web_port: int = 0  # /metrics and /healthz of the sink; 0: off
     source_prefetch: int = 500
+    pulse_naming_rules: str = "auto"  # auto: Pulse's exchange/queue naming rules on every broker that is not local
+    pulse_bindings_api: str = "auto"  # where the source lists its queue's bindings to remove stale ones
     sink_max_in_flight: int = 1000
     # Seconds before the group gives a silent worker's partitions to the others (streams/worker/membership.py).
     worker_session_timeout: float = 6.0
@@ -154,7 +157,7 @@ class Settings:
 
     def pulse_queue(self, base: str) -> str:
         """A durable Pulse queue, ``queue/<user>/<namespace>/<base>`` as Pulse's permissions expect."""
-        user = urlsplit(self.pulse_url).username or "guest"
+        user = pulse_user(self.pulse_url)
         middle = f"{self.namespace}/" if self.namespace else ""
         return f"queue/{user}/{middle}tc-treeherder/{base}"
 
@@ -305,6 +308,20 @@ def _exchange(text: Any) -> str:
     return text
 
 
+def _auto_or_off(text: Any) -> str:
+    value = str(text).strip().lower()
+    if value not in ("auto", "off"):
+        raise ValueError
+    return value
+
+
+def _bindings_api(text: Any) -> str:
+    value = str(text).strip()
+    if value.lower() in ("auto", "off"):
+        return value.lower()
+    return _http_url(value)
+
+
 def _port(text: Any) -> int:
     value = int(text)
     if not 0 <= value < 65536:
@@ -368,6 +385,10 @@ _SCALARS: tuple[tuple[str, str, str, Callable[[Any], Any], str], ...] = (
      "a positive integer"),
     ("sink_max_in_flight", "TC_TREEHERDER_SINK_MAX_IN_FLIGHT", "sink_max_in_flight", _positive_int,
      "a positive integer"),
+    ("pulse_naming_rules", "TC_TREEHERDER_PULSE_NAMING_RULES", "pulse_naming_rules", _auto_or_off,
+     "auto (enforced on brokers that are not local) or off"),
+    ("pulse_bindings_api", "TC_TREEHERDER_PULSE_BINDINGS_API", "pulse_bindings_api", _bindings_api,
+     "auto, off, or the http(s) URL of a RabbitMQ management API or of Pulse Guardian"),
     ("worker_session_timeout", "TC_TREEHERDER_WORKER_SESSION_TIMEOUT", "worker_session_timeout",
      _session_timeout, "a number of seconds from 6 (Kafka's least by default) to 300"),
     ("kafka_security_protocol", "TC_TREEHERDER_KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol",
@@ -479,11 +500,13 @@ def _destination(settings: Settings, key: str, raw: Any, env: Mapping[str, str],
             f"{where}.route_prefixes ({prefix}ROUTE_PREFIXES): {strange} are not among the route prefixes "
             f"{list(settings.route_prefixes)} (route_prefixes, TC_TREEHERDER_ROUTE_PREFIXES): the source "
             "would never receive their tasks")
+    pulse_url = value("pulse_url", _amqp_url, jobs_pulse_url, "an amqp:// or amqps:// URL")
     destination = Destination(
         key=key,
         name=value("name", _namespace, key, "letters, digits, '_', '.', '-'"),
-        pulse_url=value("pulse_url", _amqp_url, jobs_pulse_url, "an amqp:// or amqps:// URL"),
-        exchange=value("exchange", _exchange, _namespaced_exchange(settings.namespace), "an exchange name"),
+        pulse_url=pulse_url,
+        exchange=value("exchange", _exchange, _namespaced_exchange(settings.namespace, pulse_user(pulse_url)),
+                       "an exchange name"),
         enabled=value("enabled", _bool, True, "true or false"),
         profile=value("profile", _profile, DEFAULT_PROFILE, " or ".join(PROFILES)),
         route_prefixes=prefixes,
@@ -517,11 +540,45 @@ def _destinations(settings: Settings, table: Mapping[str, Any], env: Mapping[str
     return tuple(sorted(result, key=lambda d: order[d.prefixes[0]]))  # stable: configuration order within a prefix
 
 
-def _namespaced_exchange(namespace: str) -> str:
-    """The jobs exchange; a namespace goes after the Pulse user so Pulse's permissions still match."""
+def _namespaced_exchange(namespace: str, user: str) -> str:
+    """The jobs exchange of a destination whose Pulse user is ``user``: Pulse lets a user create only
+    ``exchange/<user>/...``. A namespace goes after the user so Pulse's permissions still match."""
     if not namespace:
-        return DEFAULT_JOBS_EXCHANGE
-    return f"exchange/taskcluster-treeherder/{namespace}/v1/jobs"
+        return f"exchange/{user}/v1/jobs"
+    return f"exchange/{user}/{namespace}/v1/jobs"
+
+
+def pulse_user(url: str) -> str:
+    """The user of a Pulse URL (``guest`` when it names none, as the AMQP client then logs in)."""
+    return urlsplit(url).username or "guest"
+
+
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def is_local_broker(url: str) -> bool:
+    """Whether a broker is on this machine (a local stack or a test), where Pulse's naming rules do not apply."""
+    host = (urlsplit(url).hostname or "localhost").lower()
+    return host in LOCAL_HOSTS or host.endswith(".localhost")
+
+
+def _pulse_names(settings: Settings) -> None:
+    """Refuse, on a broker that is not local, a name that Pulse would refuse: a user may create only exchanges
+    ``exchange/<user>/...`` and queues ``queue/<user>/...`` (the source's queue always is). A RabbitMQ of one's
+    own that is not Pulse may turn this off (``pulse_naming_rules = "off"``)."""
+    if settings.pulse_naming_rules == "off":
+        return
+    for destination in settings.destinations:
+        if not destination.enabled or is_local_broker(destination.pulse_url):
+            continue
+        user = pulse_user(destination.pulse_url)
+        if not destination.exchange.startswith(f"exchange/{user}/"):
+            variable = f"TC_TREEHERDER_DESTINATION_{_env_key(destination.key)}_EXCHANGE"
+            raise SettingsError(
+                f"destinations.{destination.key}.exchange ({variable}): {destination.exchange!r} breaks Pulse's "
+                f"naming rule: the user {user!r} of {redact_url(destination.pulse_url)} may only create "
+                f"exchanges named exchange/{user}/...; leave it unset for exchange/{user}/v1/jobs (on a broker "
+                "that is not Pulse, TC_TREEHERDER_PULSE_NAMING_RULES=off lifts the rule)")
 
 
 def load_settings(env: Mapping[str, str] | None = None, config_file: str | Path | None = None) -> Settings:
@@ -556,4 +613,6 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: str | Path 
     table = data.get("destinations", {})
     if not isinstance(table, dict):
         raise SettingsError(f"{path}: destinations must be a table of [destinations.<name>]")
-    return replace(settings, destinations=_destinations(settings, table, env, jobs_pulse_url))
+    settings = replace(settings, destinations=_destinations(settings, table, env, jobs_pulse_url))
+    _pulse_names(settings)
+    return settings

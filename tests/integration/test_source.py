@@ -242,3 +242,28 @@ async def test_source_refuses_topics_with_another_partition_count(
     _, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 1
     assert "has 3 partitions but TC_TREEHERDER_PARTITIONS is 2" in stderr.decode()
+
+
+async def test_a_prefix_taken_out_of_the_configuration_is_unbound_and_stops_arriving(
+        make_settings, brokers) -> None:  # type: ignore[no-untyped-def]
+    """As Treeherder's consumers prune theirs: the durable queue keeps its bindings across restarts, so a
+    source that no longer takes a prefix removes that prefix's bindings, logging each."""
+    both = make_settings(TC_TREEHERDER_ROUTE_PREFIXES="tc-treeherder,tc-treeherder-staging",
+                         TC_TREEHERDER_PULSE_BINDINGS_API=brokers.management_url)
+    await ensure_topics(both)
+    staging_route, production_route = ["route.tc-treeherder-staging.v2.try.abc"], ["route.tc-treeherder.v2.try.abc"]
+    before, after, kept = "STAGEBEFOREaaaaaaaaaaa", "STAGEAFTERaaaaaaaaaaaa", "PRODUCTIONaaaaaaaaaaaa"
+    async with running_source(both) as source:
+        assert source.counts.unbound == 0
+        await publish(both, [("pending", primary_key(before), orjson.dumps(task_body(before)), staging_route)])
+        assert [key for key, _ in await read_topic(both, both.topic("task-events"), count=1)] == [before.encode()]
+
+    production_only = make_settings(TC_TREEHERDER_ROUTE_PREFIXES="tc-treeherder",
+                                    TC_TREEHERDER_PULSE_BINDINGS_API=brokers.management_url)
+    async with running_source(production_only) as source:
+        assert source.counts.unbound == 6  # route.tc-treeherder-staging.# on the six task exchanges
+        await publish(production_only, [
+            ("pending", primary_key(after), orjson.dumps(task_body(after)), staging_route),
+            ("pending", primary_key(kept), orjson.dumps(task_body(kept)), production_route)])
+        events = await read_topic(production_only, production_only.topic("task-events"), count=2)
+    assert [key for key, _ in events] == [before.encode(), kept.encode()]  # the staging task never arrived

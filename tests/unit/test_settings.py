@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.shared.settings import DEFAULT_JOBS_EXCHANGE, SettingsError, load_settings
+from streams.shared.settings import DEFAULT_JOBS_EXCHANGE, SettingsError, load_settings, pulse_user
 
 
 def write_toml(tmp_path: Path, text: str) -> Path:
@@ -25,7 +25,7 @@ def test_defaults_point_at_the_local_stack() -> None:
     assert settings.topic("task-events") == "tc-treeherder.task-events"
     assert settings.task_exchange("pending") == "exchange/taskcluster-queue/v1/task-pending"
     assert [d.route_prefix for d in settings.destinations] == ["tc-treeherder", "tc-treeherder-staging"]
-    assert all(d.exchange == DEFAULT_JOBS_EXCHANGE for d in settings.destinations)
+    assert all(d.exchange == "exchange/guest/v1/jobs" for d in settings.destinations)  # the Pulse user's
     assert settings.data_dir == settings.state_dir / "worker"
 
 
@@ -89,7 +89,7 @@ def test_namespace_prefixes_every_shared_name() -> None:
     assert settings.app_id == "t1a2b3c4d.tc-treeherder"
     # Pulse only lets a user read queues under queue/<user>/, so the namespace goes after the user.
     assert settings.pulse_queue("task-events") == "queue/bridge/t1a2b3c4d/tc-treeherder/task-events"
-    assert {d.exchange for d in settings.destinations} == {"exchange/taskcluster-treeherder/t1a2b3c4d/v1/jobs"}
+    assert {d.exchange for d in settings.destinations} == {"exchange/bridge/t1a2b3c4d/v1/jobs"}
 
 
 @pytest.mark.parametrize("name", ["t1a2b3c4d", "ci-run_7", "team.a"])
@@ -116,11 +116,11 @@ enabled = false
     settings = load_settings(env={
         "TC_TREEHERDER_CONFIG": str(config),
         "TC_TREEHERDER_DESTINATION_TC_TREEHERDER_STAGING_ENABLED": "true",
-        "TC_TREEHERDER_DESTINATION_TC_TREEHERDER_EXCHANGE": "exchange/other/v1/jobs",
+        "TC_TREEHERDER_DESTINATION_TC_TREEHERDER_EXCHANGE": "exchange/jobs/other/v1/jobs",
     })
     production = settings.destination_for("tc-treeherder")
     staging = settings.destination_for("tc-treeherder-staging")
-    assert production.exchange == "exchange/other/v1/jobs"
+    assert production.exchange == "exchange/jobs/other/v1/jobs"
     assert production.pulse_url == "amqp://jobs:pw@jobs.example:5672/"
     assert (staging.name, staging.profile, staging.enabled) == ("staging", "legacy", True)
     assert staging.routing_key("mozilla-central") == "staging.mozilla-central._"
@@ -200,3 +200,28 @@ def test_bad_destinations_are_refused_naming_the_setting(tmp_path: Path, toml: s
     with pytest.raises(SettingsError) as refused:
         load_settings(env=env, config_file=write_toml(tmp_path, toml))
     assert named in str(refused.value)
+
+
+def test_the_default_jobs_exchange_is_the_destinations_pulse_users() -> None:
+    settings = load_settings(env={
+        "TC_TREEHERDER_PULSE_URL": "amqps://taskcluster-treeherder:pw@pulse.mozilla.org:5671/",
+        "TC_TREEHERDER_DESTINATION_TC_TREEHERDER_STAGING_PULSE_URL": "amqps://th-stage:pw@pulse.mozilla.org:5671/"})
+    production, staging = settings.destinations
+    assert production.exchange == DEFAULT_JOBS_EXCHANGE  # today's name, for the user of that name
+    assert staging.exchange == "exchange/th-stage/v1/jobs"
+    assert settings.pulse_queue("task-events") == "queue/taskcluster-treeherder/tc-treeherder/task-events"
+    assert pulse_user("amqp://localhost/") == "guest"
+
+
+def test_a_name_pulse_would_refuse_stops_the_process_naming_the_setting() -> None:
+    env = {"TC_TREEHERDER_PULSE_URL": "amqps://alice:pw@pulse.mozilla.org:5671/",
+           "TC_TREEHERDER_DESTINATION_TC_TREEHERDER_EXCHANGE": "exchange/taskcluster-treeherder/v1/jobs"}
+    with pytest.raises(SettingsError) as refused:
+        load_settings(env=env)
+    message = str(refused.value)
+    assert "TC_TREEHERDER_DESTINATION_TC_TREEHERDER_EXCHANGE" in message and "exchange/alice/" in message
+    assert "pw" not in message
+    assert load_settings(env={**env, "TC_TREEHERDER_PULSE_NAMING_RULES": "off"}).destinations[0].exchange == (
+        "exchange/taskcluster-treeherder/v1/jobs")
+    local = {**env, "TC_TREEHERDER_PULSE_URL": "amqp://alice:pw@localhost:5672/"}
+    assert load_settings(env=local).destinations[0].exchange == "exchange/taskcluster-treeherder/v1/jobs"
