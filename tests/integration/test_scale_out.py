@@ -2,7 +2,11 @@
 
 Two workers share six partitions (RocksDB tables, so a task whose events and table entries landed on
 different partitions would miss its cached definition and state-guard entry); a third worker joins while the
-workload flows, then one of the first two is stopped with SIGTERM. Every expected job must reach the jobs
+workload flows, then one of the first two is stopped with SIGTERM. The publisher holds back the later parts
+of the workload until the join, then the leave, have happened, so both happen mid-stream however long a
+worker takes to start on a busy machine (a fixed-rate workload once ran out before the third worker had
+joined, and the test saw no job between the join and the leave). The longest time without a job after each
+change of the group is reported. Every expected job must reach the jobs
 exchange, every run must end in its final state, and no run's messages may step back to a state it already
 had (a job that an earlier pass missed may arrive after its run's later states; see streams/core/state_guard.py).
 """
@@ -10,6 +14,7 @@ had (a job that an earlier pass missed may arrive after its run's later states; 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -99,6 +104,13 @@ async def wait_ready(pipeline: LocalPipeline, *names: str, limit: float = 90.0) 
     raise AssertionError(f"workers {names} not ready: {pipeline.log_tail(names[-1])}")
 
 
+def _stall_after(observer: JobObserver, began: float, until: float | None = None) -> float:
+    """The longest time without a job from ``began`` (up to ``until``, else the last new job)."""
+    end = until if until is not None else observer.last_new_at or began
+    times = [began, *(at for at in observer.arrivals if began < at <= end)]
+    return max((later - earlier for earlier, later in itertools.pairwise(times)), default=0.0)
+
+
 async def test_adding_and_removing_workers_mid_stream_loses_and_reorders_nothing(
         test_env: dict[str, str], standin: QueueStandIn, tmp_path: Path):
     env = {**test_env, "TASKCLUSTER_ROOT_URL": standin.root_url, "TC_TREEHERDER_STORE": "rocksdb://",
@@ -114,6 +126,7 @@ async def test_adding_and_removing_workers_mid_stream_loses_and_reorders_nothing
     pipeline = LocalPipeline(env, tmp_path / "logs", workers=3)
     observer = JobObserver(settings)
     await observer.start()
+    publishing: asyncio.Future[None] | None = None
     try:
         pipeline.start("source", "worker-0", "worker-1", "sink")
         assert await wait_for_consumer(settings.pulse_url, settings.pulse_queue("task-events")), \
@@ -121,32 +134,48 @@ async def test_adding_and_removing_workers_mid_stream_loses_and_reorders_nothing
         assert_spread(settings, await wait_members(settings, 2))
         await wait_ready(pipeline, "worker-0", "worker-1")
 
+        joined, left = asyncio.Event(), asyncio.Event()
+
         async def publish() -> None:
+            """The workload in three parts: the second waits for the join, the third for the leave."""
+            half, three_quarters = len(groups) // 2, len(groups) * 3 // 4
+            parts = [groups[:half], groups[half:three_quarters], groups[three_quarters:]]
             async with PulsePublisher(settings.pulse_url, settings.task_exchange) as publisher:
-                await publish_workload(groups, publisher, InProcessRegistrar(standin), rate=RATE)  # type: ignore[arg-type]
+                for part, after in zip(parts, (None, joined, left), strict=True):
+                    if after is not None:
+                        await after.wait()
+                    await publish_workload(part, publisher, InProcessRegistrar(standin), rate=RATE)  # type: ignore[arg-type]
 
         publishing = asyncio.ensure_future(publish())
-        await observer.wait_for(wanted // 5, idle=60, limit=120)
+        assert await observer.wait_for(wanted // 5, idle=60, limit=120), pipeline.log_tail("worker-1")
+        join_began = time.monotonic()
         pipeline.start("worker-2")
         three = await wait_members(settings, 3)
         assert_spread(settings, three)
         definitions, events = changelog_topic(settings, "task-definitions"), settings.topic("task-events")
         assert any(parts[definitions] - parts[events] for parts in three.values()), \
             f"standby replicas: some worker keeps a copy of a table partition it does not own: {three}"
+        joined.set()
         joined_at = observer.received
 
-        await observer.wait_for(min(wanted, joined_at + wanted // 5), idle=60, limit=120)
+        assert await observer.wait_for(joined_at + wanted // 5, idle=60, limit=120), pipeline.log_tail("worker-2")
+        leave_began = time.monotonic()
         await asyncio.to_thread(pipeline.stop, "worker-0")
         assert_spread(settings, await wait_members(settings, 2))
+        left.set()
         left_at = observer.received
         await publishing
 
         result = await wait_settled(observer, expected, idle=60, limit=300)
     finally:
+        if publishing is not None:
+            publishing.cancel()  # a failed step leaves it waiting for a join or leave that will not come
         await asyncio.to_thread(pipeline.stop)
         await observer.close()
 
     assert joined_at < left_at < wanted, "the join and the leave both happened while jobs were flowing"
+    stalls = {"join": _stall_after(observer, join_began, leave_began), "leave": _stall_after(observer, leave_began)}
+    print(f"longest time without a job: after the join {stalls['join']:.1f}s, after the leave {stalls['leave']:.1f}s")
     assert result.unexpected == 0
     assert pipeline.processes["worker-0"].process.returncode == 0, pipeline.log_tail("worker-0")
     assert result.lost == 0, f"{result.lost} of {result.expected_jobs} jobs lost: {result.examples}"
