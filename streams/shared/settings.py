@@ -85,6 +85,26 @@ class Destination:
 
 
 @dataclass(frozen=True, slots=True)
+class Deployment:
+    """One Taskcluster deployment the service reads (Firefox CI, community, ...): its Pulse, its Queue API and
+    the route prefixes its source binds. Each runs its own ``tc-treeherder source --deployment <name>``; all
+    write to the one task-events topic, each envelope with its deployment's root URL."""
+
+    name: str
+    pulse_url: str
+    root_url: str
+    route_prefixes: tuple[str, ...]
+    task_exchange_prefix: str = DEFAULT_TASK_EXCHANGE_PREFIX
+
+    def shown(self) -> dict[str, Any]:
+        return {"name": self.name, "pulse_url": redact_url(self.pulse_url), "root_url": self.root_url,
+                "route_prefixes": list(self.route_prefixes), "task_exchange_prefix": self.task_exchange_prefix}
+
+    def __repr__(self) -> str:  # the Pulse URL may carry a password
+        return "Deployment(" + ", ".join(f"{name}={value!r}" for name, value in self.shown().items()) + ")"
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     kafka_bootstrap: str = "localhost:9092"
     pulse_url: str = "amqp://guest:guest@localhost:5672/"
@@ -92,6 +112,10 @@ class Settings:
     namespace: str = ""
     route_prefixes: tuple[str, ...] = DEFAULT_ROUTE_PREFIXES
     destinations: tuple[Destination, ...] = ()
+    # Several Taskcluster deployments, each read by its own source; empty: the one of pulse_url and
+    # taskcluster_root_url. ``deployment`` names the one a source process reads ("" for that implicit one).
+    deployments: tuple[Deployment, ...] = ()
+    deployment: str = ""
     task_exchange_prefix: str = DEFAULT_TASK_EXCHANGE_PREFIX
     partitions: int = 8
     replication_factor: int = 1
@@ -126,7 +150,7 @@ class Settings:
             value = getattr(self, name)
             if name in SECRET_FIELDS:
                 value = MASK if value else ""
-            elif name == "destinations":
+            elif name in ("destinations", "deployments"):
                 value = [d.shown() for d in value]
             elif isinstance(value, str):
                 value = redact_url(value)
@@ -159,7 +183,33 @@ class Settings:
         """A durable Pulse queue, ``queue/<user>/<namespace>/<base>`` as Pulse's permissions expect."""
         user = pulse_user(self.pulse_url)
         middle = f"{self.namespace}/" if self.namespace else ""
-        return f"queue/{user}/{middle}tc-treeherder/{base}"
+        deployment = f"{self.deployment}/" if self.deployment else ""
+        return f"queue/{user}/{middle}tc-treeherder/{deployment}{base}"
+
+    @property
+    def root_urls(self) -> tuple[str, ...]:
+        """The Queue APIs of every deployment read, the default first when there is only the one."""
+        return tuple(d.root_url for d in self.deployments) or (self.taskcluster_root_url,)
+
+    def for_deployment(self, name: str | None) -> Settings:
+        """The settings a source of deployment ``name`` runs with: its Pulse, root URL, prefixes and exchanges,
+        and its own queue (``queue/<user>/[<namespace>/]tc-treeherder/<name>/task-events``)."""
+        if not self.deployments:
+            if name:
+                raise SettingsError(f"--deployment {name}: no deployments are configured (TC_TREEHERDER_DEPLOYMENTS)")
+            return self
+        if name is None:
+            if len(self.deployments) > 1:
+                raise SettingsError("several Taskcluster deployments are configured: run one source for each, "
+                                    "with --deployment " + " or ".join(d.name for d in self.deployments))
+            name = self.deployments[0].name
+        chosen = next((d for d in self.deployments if d.name == name), None)
+        if chosen is None:
+            raise SettingsError(f"--deployment {name}: not configured; configured: "
+                                f"{', '.join(d.name for d in self.deployments)}")
+        return replace(self, pulse_url=chosen.pulse_url, taskcluster_root_url=chosen.root_url,
+                       route_prefixes=chosen.route_prefixes, task_exchange_prefix=chosen.task_exchange_prefix,
+                       deployment=chosen.name)
 
     def task_exchange(self, kind: str) -> str:
         """The Queue's exchange for one event kind (defined, pending, running, ...)."""
@@ -540,6 +590,60 @@ def _destinations(settings: Settings, table: Mapping[str, Any], env: Mapping[str
     return tuple(sorted(result, key=lambda d: order[d.prefixes[0]]))  # stable: configuration order within a prefix
 
 
+_DEPLOYMENT_OPTIONS = ("pulse_url", "root_url", "route_prefixes", "task_exchange_prefix")
+
+
+def _deployments(settings: Settings, table: Any, env: Mapping[str, str]) -> tuple[Deployment, ...]:
+    """``[deployments.<name>]`` and ``TC_TREEHERDER_DEPLOYMENTS`` + ``TC_TREEHERDER_DEPLOYMENT_<NAME>_...``."""
+    if not isinstance(table, Mapping):
+        raise SettingsError("deployments must be a table of [deployments.<name>]")
+    listed = _parse(_prefixes, env["TC_TREEHERDER_DEPLOYMENTS"], "TC_TREEHERDER_DEPLOYMENTS",
+                    "comma-separated deployment names, e.g. firefox-ci,community") \
+        if env.get("TC_TREEHERDER_DEPLOYMENTS", "").strip() else ()
+    result = []
+    for name in dict.fromkeys([*table, *listed]):
+        raw = table.get(name, {})
+        if not isinstance(raw, Mapping):
+            raise SettingsError(f"deployments.{name}: expected a table of options, got {type(raw).__name__}")
+        raw = dict(raw)
+        prefix = f"TC_TREEHERDER_DEPLOYMENT_{_env_key(name)}_"
+        for option in _DEPLOYMENT_OPTIONS:
+            if prefix + option.upper() in env:
+                raw[option] = env[prefix + option.upper()]
+        where = f"deployments.{name}"
+        extra = set(raw) - set(_DEPLOYMENT_OPTIONS)
+        if extra:
+            raise SettingsError(f"{where}: unknown keys {sorted(extra)}; known: {', '.join(_DEPLOYMENT_OPTIONS)}")
+        for option in ("pulse_url", "root_url"):
+            if option not in raw:
+                raise SettingsError(f"{where}.{option} ({prefix}{option.upper()}) is required")
+        _parse(_namespace, name, f"{where} (TC_TREEHERDER_DEPLOYMENTS)", "letters, digits, '_', '.', '-'")
+        prefixes = _parse(_prefixes, raw.get("route_prefixes", list(settings.route_prefixes)),
+                          f"{where}.route_prefixes ({prefix}ROUTE_PREFIXES)", "a list of route prefixes without dots")
+        strange = [p for p in prefixes if p not in settings.route_prefixes]
+        if strange:
+            raise SettingsError(f"{where}.route_prefixes ({prefix}ROUTE_PREFIXES): {strange} are not among the "
+                                f"route prefixes {list(settings.route_prefixes)} (TC_TREEHERDER_ROUTE_PREFIXES)")
+        result.append(Deployment(
+            name=name,
+            pulse_url=_parse(_amqp_url, raw["pulse_url"], f"{where}.pulse_url ({prefix}PULSE_URL)",
+                             "an amqp:// or amqps:// URL"),
+            root_url=_parse(_http_url, raw["root_url"], f"{where}.root_url ({prefix}ROOT_URL)",
+                            "an http:// or https:// URL"),
+            route_prefixes=prefixes,
+            task_exchange_prefix=_parse(_exchange, raw.get("task_exchange_prefix", settings.task_exchange_prefix),
+                                        f"{where}.task_exchange_prefix ({prefix}TASK_EXCHANGE_PREFIX)",
+                                        "an exchange name prefix"),
+        ))
+    roots: dict[str, str] = {}
+    for deployment in result:
+        if deployment.root_url in roots:
+            raise SettingsError(f"deployments.{deployment.name}.root_url: {deployment.root_url} is also the root URL "
+                                f"of deployments.{roots[deployment.root_url]}; one source per deployment")
+        roots[deployment.root_url] = deployment.name
+    return tuple(result)
+
+
 def _namespaced_exchange(namespace: str, user: str) -> str:
     """The jobs exchange of a destination whose Pulse user is ``user``: Pulse lets a user create only
     ``exchange/<user>/...``. A namespace goes after the user so Pulse's permissions still match."""
@@ -593,7 +697,7 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: str | Path 
             raise SettingsError(f"TC_TREEHERDER_CONFIG: cannot read {path}: {error.strerror}") from None
         except tomllib.TOMLDecodeError as error:
             raise SettingsError(f"TC_TREEHERDER_CONFIG: {path} is not valid TOML: {error}") from None
-    known = {toml_key for _, _, toml_key, _, _ in _SCALARS} | {"destinations", "jobs_pulse_url"}
+    known = {toml_key for _, _, toml_key, _, _ in _SCALARS} | {"destinations", "jobs_pulse_url", "deployments"}
     unknown = set(data) - known
     if unknown:
         raise SettingsError(f"{path}: unknown settings {sorted(unknown)}; see docs/configuration.md")
@@ -613,6 +717,7 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: str | Path 
     table = data.get("destinations", {})
     if not isinstance(table, dict):
         raise SettingsError(f"{path}: destinations must be a table of [destinations.<name>]")
-    settings = replace(settings, destinations=_destinations(settings, table, env, jobs_pulse_url))
+    settings = replace(settings, destinations=_destinations(settings, table, env, jobs_pulse_url),
+                       deployments=_deployments(settings, data.get("deployments", {}), env))
     _pulse_names(settings)
     return settings

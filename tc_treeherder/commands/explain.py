@@ -74,7 +74,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             documents = _read_documents(args.target)
         except (OSError, ValueError) as error:
             return _usage(str(error))
-    explanations = asyncio.run(_explain(args, settings, root_url, documents, is_file))
+    explanations, root_url = asyncio.run(_explain(args, settings, root_url, documents, is_file))
     color = sys.stdout.isatty() and not args.json
     for explanation in explanations:
         if args.json:
@@ -116,7 +116,22 @@ def _read_documents(target: str) -> list[tuple[str, Any]]:
 
 
 async def _explain(args: argparse.Namespace, settings: Settings, root_url: str, documents: list[tuple[str, Any]],
-                   is_file: bool) -> list[Any]:
+                   is_file: bool) -> tuple[list[Any], str]:
+    """The explanations, and the root URL they came from (a taskId is looked for at every deployment read)."""
+    if not is_file and not args.from_log and not args.root_url and len(settings.root_urls) > 1:
+        client = QueueClient(timeout=settings.queue_timeout, retries=min(settings.queue_retries, 2))
+        try:
+            found, used = await explain.explain_task_id_at(args.target, QueueLookup(client, memo=True),
+                                                           settings.rules(), settings.root_urls,
+                                                           settings.task_exchange_prefix)
+        finally:
+            await client.close()
+        return [found], used
+    return await _explain_at(args, settings, root_url, documents, is_file), root_url
+
+
+async def _explain_at(args: argparse.Namespace, settings: Settings, root_url: str,
+                      documents: list[tuple[str, Any]], is_file: bool) -> list[Any]:
 
     rules = settings.rules()
     prefix = settings.task_exchange_prefix

@@ -275,6 +275,20 @@ async def explain_task_id(task_id: str, lookup: TaskLookup, rules: Rules, root_u
     return await explain_definition(task_id, definition, rules, root_url, exchange_prefix, listings=lookup)
 
 
+async def explain_task_id_at(task_id: str, lookup: TaskLookup, rules: Rules, root_urls: Sequence[str],
+                             exchange_prefix: str) -> tuple[Explanation, str]:
+    """``explain_task_id`` at each Taskcluster deployment in turn until one knows the task: a taskId alone does
+    not say which deployment it belongs to. Returns the explanation and the root URL it came from."""
+    result, used = None, root_urls[0]
+    for used in root_urls:
+        result = await explain_task_id(task_id, lookup, rules, used, exchange_prefix)
+        first = result.verdicts[0] if result.verdicts else None
+        if first is None or first.label != "task()" or not (first.reason or "").startswith("task not found"):
+            break
+    assert result is not None
+    return result, used
+
+
 async def explain_envelopes(labelled: Iterable[tuple[str, Any]], lookup: TaskLookup, rules: Rules, root_url: str,
                             origin: str) -> list[Explanation]:
     """Recorded envelopes (a file, the log), grouped by task in order of first appearance."""

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -152,11 +152,12 @@ def processes(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]
     """``start(command, env)``: a ``tc-treeherder <command>`` process, stopped (SIGTERM) at the end."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(command: str, env: dict[str, str], *, pythonpath: Path | None = None) -> subprocess.Popen[bytes]:
+    def start(command: str, env: dict[str, str], *, pythonpath: Path | None = None,
+              args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
         log = open(tmp_path / f"{command}-{len(started)}.log", "wb")  # noqa: SIM115 - closed with the process
         if pythonpath is not None:
             env = {**env, "PYTHONPATH": os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])}
-        process = subprocess.Popen([sys.executable, "-m", "tc_treeherder.cli", command], env=env,
+        process = subprocess.Popen([sys.executable, "-m", "tc_treeherder.cli", command, *args], env=env,
                                    cwd=pythonpath or REPO, stdout=log, stderr=subprocess.STDOUT)
         started.append(process)
         return process

@@ -225,3 +225,46 @@ def test_a_name_pulse_would_refuse_stops_the_process_naming_the_setting() -> Non
         "exchange/taskcluster-treeherder/v1/jobs")
     local = {**env, "TC_TREEHERDER_PULSE_URL": "amqp://alice:pw@localhost:5672/"}
     assert load_settings(env=local).destinations[0].exchange == "exchange/taskcluster-treeherder/v1/jobs"
+
+
+def test_several_taskcluster_deployments_each_with_its_source_settings(tmp_path: Path) -> None:
+    settings = load_settings(env={}, config_file=write_toml(tmp_path, """
+[deployments.firefox-ci]
+pulse_url = "amqps://tc-treeherder:pw@pulse.mozilla.org:5671/"
+root_url = "https://firefox-ci-tc.services.mozilla.com"
+[deployments.community]
+pulse_url = "amqps://tc-treeherder:pw@pulse.mozilla.org:5671/"
+root_url = "https://community-tc.services.mozilla.com/"
+route_prefixes = ["tc-treeherder"]
+"""))
+    assert settings.root_urls == ("https://firefox-ci-tc.services.mozilla.com", "https://community-tc.services.mozilla.com")
+    community = settings.for_deployment("community")
+    assert (community.taskcluster_root_url, community.route_prefixes) == (
+        "https://community-tc.services.mozilla.com", ("tc-treeherder",))
+    assert community.pulse_queue("task-events") == "queue/tc-treeherder/tc-treeherder/community/task-events"
+    assert settings.for_deployment("firefox-ci").route_prefixes == ("tc-treeherder", "tc-treeherder-staging")
+    assert "pw" not in repr(settings)
+    with pytest.raises(SettingsError, match="--deployment firefox-ci or community"):
+        settings.for_deployment(None)
+    with pytest.raises(SettingsError, match="not configured"):
+        settings.for_deployment("elsewhere")
+    plain = load_settings(env={})
+    assert plain.for_deployment(None) is plain and plain.root_urls == (plain.taskcluster_root_url,)
+    assert plain.pulse_queue("task-events") == "queue/guest/tc-treeherder/task-events"  # today's name
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"TC_TREEHERDER_DEPLOYMENTS": "a"}, "TC_TREEHERDER_DEPLOYMENT_A_PULSE_URL"),
+    ({"TC_TREEHERDER_DEPLOYMENTS": "a", "TC_TREEHERDER_DEPLOYMENT_A_PULSE_URL": "amqp://localhost/",
+      "TC_TREEHERDER_DEPLOYMENT_A_ROOT_URL": "ftp://x"}, "TC_TREEHERDER_DEPLOYMENT_A_ROOT_URL"),
+    ({"TC_TREEHERDER_DEPLOYMENTS": "a", "TC_TREEHERDER_DEPLOYMENT_A_PULSE_URL": "amqp://localhost/",
+      "TC_TREEHERDER_DEPLOYMENT_A_ROOT_URL": "https://x", "TC_TREEHERDER_DEPLOYMENT_A_ROUTE_PREFIXES": "nope"},
+     "TC_TREEHERDER_DEPLOYMENT_A_ROUTE_PREFIXES"),
+    ({"TC_TREEHERDER_DEPLOYMENTS": "a,b", "TC_TREEHERDER_DEPLOYMENT_A_PULSE_URL": "amqp://localhost/",
+      "TC_TREEHERDER_DEPLOYMENT_A_ROOT_URL": "https://x", "TC_TREEHERDER_DEPLOYMENT_B_PULSE_URL": "amqp://localhost/",
+      "TC_TREEHERDER_DEPLOYMENT_B_ROOT_URL": "https://x/"}, "deployments.b.root_url"),
+])
+def test_bad_deployments_are_refused_naming_the_setting(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings(env=env)
+    assert named in str(refused.value)
