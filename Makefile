@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-pyproject
 # Extra pytest arguments: make test PYTEST_ARGS="-m 'not integration'"
 PYTEST_ARGS ?=
 
-.PHONY: test demo up down lint setup bench faults
+.PHONY: test demo up down lint setup bench bench-treeherder faults
 
 setup: $(STAMP)
 
@@ -50,3 +50,10 @@ faults: $(STAMP)
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.run $(BENCH_ARGS)
+	$(VENV)/bin/python -m benchmarks.bench_treeherder $(BENCH_TREEHERDER_ARGS)
+
+# The jobs ingester against process_job in a loop, in a local Treeherder (docs/treeherder.md#speed).
+# make bench-treeherder BENCH_TREEHERDER_ARGS="--jobs 3000 --concurrency 2"
+BENCH_TREEHERDER_ARGS ?=
+bench-treeherder: $(STAMP)
+	$(VENV)/bin/python -m benchmarks.bench_treeherder $(BENCH_TREEHERDER_ARGS)
