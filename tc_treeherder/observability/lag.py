@@ -306,7 +306,7 @@ async def read_recent_rejections(settings: Settings, per_partition: int = 10,
                             continue
                         found.append({"stage": record.stage, "kind": record.kind, "reason": record.reason,
                                       "taskId": record.task_id, "at": record.at, "partition": tp.partition,
-                                      "offset": message.offset})
+                                      "offset": message.offset, "destination": record.destination})
                         if message.offset + 1 >= wanted.get(tp, 0):
                             wanted.pop(tp, None)
                     if messages and messages[-1].offset + 1 >= ends[tp]:

@@ -30,6 +30,7 @@ from tests.integration.test_destinations import (
     standin,  # noqa: F401 - a fixture
     task_ids,
 )
+from tests.integration.test_status_page import free_port, wait_for_status
 from tests.integration.test_worker import produce, read_topic
 
 pytestmark = pytest.mark.integration
@@ -59,7 +60,8 @@ async def test_three_treeherders_each_get_what_they_take_from_one_stream(
     config = tmp_path / "tc-treeherder.toml"
     config.write_text(CONFIG)
     vhosts = {name: f"{namespace}-{name}" for name in ("production", "stage", "dev")}
-    env = {**test_env, "TC_TREEHERDER_CONFIG": str(config),
+    port = free_port()
+    env = {**test_env, "TC_TREEHERDER_CONFIG": str(config), "TC_TREEHERDER_WEB_PORT": str(port),
            **{f"TC_TREEHERDER_DESTINATION_{name.upper()}_PULSE_URL": amqp_url(brokers, vhost)
               for name, vhost in vhosts.items()}}
     settings = load_settings(env=env)
@@ -94,6 +96,13 @@ async def test_three_treeherders_each_get_what_they_take_from_one_stream(
             ignored = await read_topic(settings, "rejected", 3)
             assert [(r["kind"], r["destination"], r["reason"]) for r in ignored] == [
                 ("ignored", "dev", "project 'mozilla-beta' is not taken by destination 'dev'")] * 3
+
+            # the worker's status page counts the destination's reason beside the jobs of the others
+            status = await wait_for_status(f"http://127.0.0.1:{port}",
+                                           lambda s: s.get("counts", {}).get("events") == 12)
+            assert status["counts"]["jobs"] == {"production": 9, "stage": 12, "dev": 6}
+            assert status["counts"]["ignored"] == {"project 'mozilla-beta' is not taken by destination 'dev'": 3}
+            assert {r["destination"] for r in status["recentRejections"]} == {"dev"}
 
             # replay --to honours the target's filters: production's events, as dev would take them
             code, out, err = await cli(env, "replay", "--from-offsets", "0", "--destination", "production",
