@@ -25,7 +25,7 @@ def test_from_settings():
     assert rules.route_prefixes == ("tc-treeherder", "tc-treeherder-staging", "custom")
     assert rules.destination("tc-treeherder") == "production"
     assert rules.destination("tc-treeherder-staging") == "tc-treeherder-staging"
-    assert rules.disabled_prefixes == {"custom"}
+    assert rules.switched_off == {"custom"}
 
 
 def test_a_profile_this_version_cannot_build_stops_at_start():
