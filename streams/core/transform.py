@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 from streams.core.facts import BadListing, JobFacts, artifact_links
 from streams.core.fast import new_tuple
 from streams.core.model import EventKind, Ignored, JobMessage, Jobs, ListingFailed, Outcome, Rejected, Stage, TaskEvent
+from streams.core.parity import MOBILE_REPOS, mobile_branch_refusal
 from streams.core.profiles import PROFILES
 from streams.core.routes import RouteProblem, TreeherderRoute, select_route
 from streams.core.rules import DestinationRule, Rules
@@ -165,6 +166,10 @@ def _check(event: TaskEvent, task: Mapping[str, Any], rules: Rules) -> _Cleared 
         return Rejected(task_id, problem.reason, problem.stage)
     if route.prefix in rules.switched_off:  # claimed, but every destination of the prefix is off: no job
         return _declined_outcome([refusal for _, refusal in _takers(event, route, None, rules)])  # type: ignore[misc]
+    if route.project in MOBILE_REPOS:  # Treeherder's ignore_task, before it reads the config
+        refusal = mobile_branch_refusal(task, route.project)
+        if refusal is not None:
+            return Ignored(task_id, refusal, Stage.ROUTE)
 
     problem = _task_shape(task)
     if problem is not None:

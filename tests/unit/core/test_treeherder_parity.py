@@ -80,6 +80,41 @@ def test_projects_to_ingest_is_a_destinations_projects_filter():
     assert outcome.reason == "project 'autoland' is not taken by destination 'dev'"
 
 
+# handler.ignore_task, mobile repositories: "Ignore tasks that are associated to a pull request", and those not on
+# master/main, as the task's MOBILE_* environment says.
+
+VPN = "https://github.com/mozilla-mobile/mozilla-vpn-client"
+
+
+def mobile(project="mozilla-vpn-client", **env):
+    return make_task(routes=[f"tc-treeherder.v2.mozilla-mobile/{project}.{REVISION}"], payload={"env": env})
+
+
+@pytest.mark.parametrize(("env", "reason"), [
+    ({"MOBILE_BASE_REPOSITORY": VPN, "MOBILE_HEAD_REPOSITORY": "https://github.com/someone/mozilla-vpn-client",
+      "MOBILE_HEAD_REF": "main"}, "is for a pull request or a fork"),
+    ({"MOBILE_BASE_REPOSITORY": VPN, "MOBILE_HEAD_REPOSITORY": VPN, "MOBILE_HEAD_REF": "refs/heads/feature"},
+     "is for the branch 'refs/heads/feature', not master or main"),
+])
+def test_a_mobile_task_off_the_main_branch_is_ignored_as_treeherder_does(env, reason):
+    outcome = run_transform("pending", task=mobile(**env))
+    assert isinstance(outcome, Ignored) and outcome.stage is Stage.ROUTE
+    assert reason in outcome.reason and "Treeherder ignores it" in outcome.reason
+
+
+@pytest.mark.parametrize("task", [
+    mobile(MOBILE_BASE_REPOSITORY=VPN, MOBILE_HEAD_REPOSITORY=VPN, MOBILE_HEAD_REF=ref)
+    for ref in ("refs/heads/master", "master", "refs/heads/main", "main")
+] + [
+    mobile(MOBILE_BASE_REPOSITORY=VPN, MOBILE_HEAD_REF="feature"),  # no head repository: KeyError, kept
+    mobile(MOBILE_BASE_REPOSITORY="https://github.com/x/other-repo", MOBILE_HEAD_REPOSITORY="y"),  # not mobile
+    mobile("fenix", MOBILE_BASE_REPOSITORY=VPN, MOBILE_HEAD_REPOSITORY="elsewhere"),  # not one of the three
+    mobile(),  # no MOBILE_* environment: Treeherder asks the decision task (not matched)
+], ids=["master-ref", "master", "main-ref", "main", "no-head-repo", "other-base", "other-project", "no-env"])
+def test_other_mobile_tasks_go_through(task):
+    assert isinstance(run_transform("pending", task=task), Jobs)
+
+
 # handler.parse_route_info: routes whose first word is the prefix, exactly one of them; parse_route: the project
 # is the part after the slash of <owner>/<project>, the id 0 without a fifth word.
 
