@@ -247,9 +247,9 @@ class Settings:
 
 SECRET_FIELDS = frozenset({"kafka_sasl_password"})
 # Variables whose value may be given as a file instead (``<VARIABLE>_FILE=/run/secrets/...``), as container
-# platforms mount secrets; destination Pulse URLs (TC_TREEHERDER_DESTINATION_<PREFIX>_PULSE_URL) too.
+# platforms mount secrets; destination and deployment Pulse URLs (TC_TREEHERDER_DESTINATION_<NAME>_PULSE_URL) too.
 SECRET_VARIABLES = ("TC_TREEHERDER_PULSE_URL", "TC_TREEHERDER_JOBS_PULSE_URL", "TC_TREEHERDER_KAFKA_SASL_PASSWORD")
-_SECRET_VARIABLE = re.compile(r"^TC_TREEHERDER_DESTINATION_[A-Z0-9_]+_PULSE_URL$")
+_SECRET_VARIABLE = re.compile(r"^TC_TREEHERDER_(DESTINATION|DEPLOYMENT)_[A-Z0-9_]+_PULSE_URL$")
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 

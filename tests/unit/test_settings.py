@@ -268,3 +268,12 @@ def test_bad_deployments_are_refused_naming_the_setting(env: dict[str, str], nam
     with pytest.raises(SettingsError) as refused:
         load_settings(env=env)
     assert named in str(refused.value)
+
+
+def test_a_deployments_pulse_url_may_come_from_a_file(tmp_path: Path) -> None:
+    secret = tmp_path / "pulse-url"
+    secret.write_text("amqps://community:pw@pulse.mozilla.org:5671/\n")
+    settings = load_settings(env={"TC_TREEHERDER_DEPLOYMENTS": "community",
+                                  "TC_TREEHERDER_DEPLOYMENT_COMMUNITY_PULSE_URL_FILE": str(secret),
+                                  "TC_TREEHERDER_DEPLOYMENT_COMMUNITY_ROOT_URL": "https://community-tc.example.com"})
+    assert settings.deployments[0].pulse_url == "amqps://community:pw@pulse.mozilla.org:5671/"
