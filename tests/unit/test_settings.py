@@ -277,3 +277,13 @@ def test_a_deployments_pulse_url_may_come_from_a_file(tmp_path: Path) -> None:
                                   "TC_TREEHERDER_DEPLOYMENT_COMMUNITY_PULSE_URL_FILE": str(secret),
                                   "TC_TREEHERDER_DEPLOYMENT_COMMUNITY_ROOT_URL": "https://community-tc.example.com"})
     assert settings.deployments[0].pulse_url == "amqps://community:pw@pulse.mozilla.org:5671/"
+
+
+def test_the_cli_exits_2_naming_the_setting_pulse_would_refuse(monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from tc_treeherder import cli
+
+    monkeypatch.setenv("TC_TREEHERDER_JOBS_PULSE_URL", "amqps://alice:pw@pulse.mozilla.org:5671/")
+    monkeypatch.setenv("TC_TREEHERDER_DESTINATION_TC_TREEHERDER_EXCHANGE", "exchange/bob/v1/jobs")
+    assert cli.main(["sink"]) == 2
+    assert "TC_TREEHERDER_DESTINATION_TC_TREEHERDER_EXCHANGE" in capsys.readouterr().err
