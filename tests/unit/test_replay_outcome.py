@@ -60,3 +60,36 @@ async def test_job_records_carry_their_source_and_the_replay_marker() -> None:
     assert record["replay"] == marker
     assert record["job"]["state"] == "pending" and record["destination"] == "tc-treeherder"
     assert sum(run.report.jobs.values()) == 1
+
+
+THREE = {"TC_TREEHERDER_DESTINATIONS": "production,stage,dev",
+         "TC_TREEHERDER_DESTINATION_PRODUCTION_ROUTE_PREFIXES": "tc-treeherder",
+         "TC_TREEHERDER_DESTINATION_STAGE_ROUTE_PREFIXES": "tc-treeherder",
+         "TC_TREEHERDER_DESTINATION_DEV_ROUTE_PREFIXES": "tc-treeherder",
+         "TC_TREEHERDER_DESTINATION_DEV_PROJECTS": "try"}
+
+
+async def test_a_shared_prefix_replays_each_chosen_destination_and_reports_the_others_reasons() -> None:
+    settings = load_settings(env=THREE)
+    run = Replay(settings, ReplayOptions(selection=select(settings), use_queue=False), progress=io.StringIO())
+    lookup = ReplayLookup({TASK_ID: make_task()}, {}, None, run.report)  # an autoland task
+    envelope = make_envelope(make_event("pending", task_id=TASK_ID))
+    values = run._records(item(envelope), await run._outcome(item(envelope), lookup), lookup, {"id": "r"})
+    assert [orjson.loads(v)["destination"] for v in values] == ["production", "stage"]
+    assert run.report.ignored == {"project 'autoland' is not taken by destination 'dev'": 1}
+    assert "project 'autoland' is not taken by destination 'dev'" in "\n".join(run.report.lines())
+
+
+async def test_a_rejected_record_about_one_destination_is_re_run_for_that_one_only() -> None:
+    settings = load_settings(env={**THREE, "TC_TREEHERDER_DESTINATION_DEV_PROJECTS": "autoland"})
+    run = Replay(settings, ReplayOptions(selection=select(settings), use_queue=False, rejected_only=True,
+                                         include_ignored=True), progress=io.StringIO())
+    lookup = ReplayLookup({TASK_ID: make_task()}, {}, None, run.report)
+    envelope = make_envelope(make_event("pending", task_id=TASK_ID))
+    about_dev = _Input(TASK_ID, envelope, partition=0, offset=7, destination="dev")
+    values = run._records(about_dev, await run._outcome(about_dev, lookup), lookup, {"id": "r"})
+    assert [orjson.loads(v)["destination"] for v in values] == ["dev"]  # production and stage had theirs
+    elsewhere = Replay(settings, ReplayOptions(selection=select(settings, ["production"]), use_queue=False,
+                                               rejected_only=True, include_ignored=True), progress=io.StringIO())
+    assert elsewhere._records(about_dev, await elsewhere._outcome(about_dev, lookup), lookup, {"id": "r"}) == []
+    assert elsewhere.report.other_destination == 1
