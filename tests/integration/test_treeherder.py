@@ -139,9 +139,12 @@ class Chain:
         return [line for line in result.stdout.splitlines() if line.strip()]
 
     def stop(self) -> None:
-        for pid in self.ingesters:
+        for pid, spec in self.ingesters.items():
             if is_alive(pid):
                 stop_pid(pid, 30)
+            pid_file = self.instance.ingester_pid_file(spec.name)
+            pid_file.unlink(missing_ok=True)
+            pid_file.with_suffix(".log").unlink(missing_ok=True)
 
 
 @pytest.fixture
@@ -281,7 +284,11 @@ async def test_a_crashed_ingester_loses_no_job(chain: Chain) -> None:
     wanted = expected_jobs(groups, active_repositories(chain.instance))
     push_ids = chain.register(sorted({(g.project.rpartition("/")[2], g.revision) for g in groups}))
     await chain.publish(groups)
-    await chain.wait_for(lambda: chain.status(spec)["stored"] >= 20, "some jobs stored before the crash", 60)
+    def mid_stream() -> bool:
+        status = chain.status(spec)
+        return status["stored"] >= 10 and status["in_flight"] > 0
+
+    await chain.wait_for(mid_stream, "jobs stored and others in flight", 60)
     os.kill(pid, signal.SIGKILL)
     assert await asyncio.to_thread(lambda: stop_pid(pid, 5) or True)
     _, spec = chain.start_ingester(delays="0.5,1", park_after=120)
