@@ -21,8 +21,8 @@ def mobile_branch_refusal(task: Mapping[str, Any], project: str) -> str | None:
     Treeherder reads ``payload.env``: when ``MOBILE_BASE_REPOSITORY`` names one of these repositories, a task
     whose head repository differs (a pull request from a fork) or whose head ref is not master/main is
     ignored. A missing head repository or ref leaves the task in, as Treeherder's ``except KeyError`` does.
-    Without ``MOBILE_BASE_REPOSITORY`` Treeherder asks the task's decision task instead; that half is not
-    matched (it needs a second Queue API call per task).
+    Without ``MOBILE_BASE_REPOSITORY`` Treeherder asks the task's decision task instead:
+    ``decision_refusal``.
     """
     if project not in MOBILE_REPOS:
         return None
@@ -42,3 +42,34 @@ def mobile_branch_refusal(task: Mapping[str, Any], project: str) -> str | None:
     if "MOBILE_HEAD_REF" in env and (not isinstance(ref, str) or ref not in MAIN_REFS):
         return f"task of {project} is for the branch {str(ref)[:100]!r}, not master or main: Treeherder ignores it"
     return None
+
+
+def needs_decision_task(task: Mapping[str, Any], project: str) -> str | None:
+    """The taskId of the decision task Treeherder would ask about this task (its ``taskGroupId``), or None.
+
+    A task of a mobile repository without ``MOBILE_BASE_REPOSITORY`` in its environment: Treeherder fetches
+    the decision task and keeps the task only when that tells it is for master or main.
+    """
+    if project not in MOBILE_REPOS:
+        return None
+    payload = task.get("payload")
+    env = payload.get("env") if isinstance(payload, Mapping) else None
+    if isinstance(env, Mapping) and env.get("MOBILE_BASE_REPOSITORY"):
+        return None
+    group = task.get("taskGroupId")
+    return group if isinstance(group, str) and group else None
+
+
+def decision_refusal(project: str, decision: Mapping[str, Any]) -> str | None:
+    """Why Treeherder ignores a mobile task, judged by its decision task, or None when it keeps it.
+
+    Treeherder keeps the task when a route of the decision task contains ``master`` or ``main`` (e.g.
+    ``index.mobile.v2.fenix.branch.master.latest.taskgraph.decision-nightly``). It also means to keep it when
+    the decision task's scopes name ``branch:master``/``branch:main``, but reads them from
+    ``metadata.source``, a URL, one character at a time, so that test never succeeds; the routes decide.
+    """
+    routes = decision.get("routes")
+    if isinstance(routes, list) and any(isinstance(r, str) and ("master" in r or "main" in r) for r in routes):
+        return None
+    return (f"task of {project} comes from a decision task with no master or main route (a pull request or "
+            "another branch): Treeherder ignores it")

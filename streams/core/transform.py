@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from streams.core.facts import BadListing, JobFacts, artifact_links
 from streams.core.fast import new_tuple
 from streams.core.model import EventKind, Ignored, JobMessage, Jobs, ListingFailed, Outcome, Rejected, Stage, TaskEvent
-from streams.core.parity import MOBILE_REPOS, mobile_branch_refusal
+from streams.core.parity import MOBILE_REPOS, decision_refusal, mobile_branch_refusal, needs_decision_task
 from streams.core.profiles import PROFILES
 from streams.core.routes import RouteProblem, TreeherderRoute, select_route
 from streams.core.rules import DestinationRule, Rules
@@ -33,10 +33,24 @@ class _Cleared(NamedTuple):
     run: Mapping[str, Any] | None
 
 
-def preflight(event: TaskEvent, task: Mapping[str, Any], rules: Rules) -> Outcome | None:
+def preflight(event: TaskEvent, task: Mapping[str, Any], rules: Rules,
+              decision: Mapping[str, Any] | None = None) -> Outcome | None:
     """Whether this event can become a job at all; None means go on (then fetch artifacts, then transform)."""
-    checked = _check(event, task, rules)
+    checked = _check(event, task, rules, decision)
     return None if type(checked) is _Cleared else checked
+
+
+def decision_task(task: Mapping[str, Any], rules: Rules) -> str | None:
+    """The decision task the caller must fetch and pass as ``decision`` (Treeherder's rule for the tasks of a
+    few mobile repositories, ``streams.core.parity``), or None. Without it the rule is left out."""
+    routes = task.get("routes") if _is_mapping(task) else None
+    if type(routes) is not list:
+        return None
+    try:
+        route = select_route(routes, rules)
+    except RouteProblem:
+        return None
+    return needs_decision_task(task, route.project) if route.project in MOBILE_REPOS else None
 
 
 def artifacts_run(event: TaskEvent) -> int | None:
@@ -57,6 +71,7 @@ def transform(
     task: Mapping[str, Any],
     artifacts: Sequence[Mapping[str, Any]] | ListingFailed | None,
     rules: Rules,
+    decision: Mapping[str, Any] | None = None,
 ) -> Outcome:
     """Job messages for this event, one per destination that takes its route and its project and tier, each in
     that destination's profile; or Ignored/Rejected with the reason.
@@ -65,7 +80,7 @@ def transform(
     its profile) gives an Ignored or Rejected naming it: beside the jobs in ``Jobs.declined``, or alone when it
     is the only destination of the route.
     """
-    checked = _check(event, task, rules)
+    checked = _check(event, task, rules, decision)
     if type(checked) is not _Cleared:
         return checked
     route, config, run = checked
@@ -150,7 +165,8 @@ def _is_mapping(value: object) -> bool:
     return type(value) is dict or isinstance(value, Mapping)
 
 
-def _check(event: TaskEvent, task: Mapping[str, Any], rules: Rules) -> _Cleared | Outcome:
+def _check(event: TaskEvent, task: Mapping[str, Any], rules: Rules,
+           decision: Mapping[str, Any] | None = None) -> _Cleared | Outcome:
     """design.md's "Which tasks become jobs", in its order; ``_Cleared`` when the event may become a job."""
     task_id = event.task_id
     if not _is_mapping(task):
@@ -168,6 +184,8 @@ def _check(event: TaskEvent, task: Mapping[str, Any], rules: Rules) -> _Cleared 
         return _declined_outcome([refusal for _, refusal in _takers(event, route, None, rules)])  # type: ignore[misc]
     if route.project in MOBILE_REPOS:  # Treeherder's ignore_task, before it reads the config
         refusal = mobile_branch_refusal(task, route.project)
+        if refusal is None and decision is not None and needs_decision_task(task, route.project):
+            refusal = decision_refusal(route.project, decision)
         if refusal is not None:
             return Ignored(task_id, refusal, Stage.ROUTE)
 

@@ -56,7 +56,7 @@ from streams.shared.kafka_config import kafka_client_kwargs
 from streams.shared.settings import Settings
 from streams.shared.topics import changelog_topic
 from streams.taskcluster.lookup import process
-from streams.taskcluster.queue_client import QueueClient, QueueError, QueueUnavailable
+from streams.taskcluster.queue_client import QueueClient, QueueError, QueueUnavailable, TaskNotFound
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,9 @@ class ReplayLookup:
         found = self.definitions.get(task_id)
         if found is not None:
             return found
+        if self._client is None:  # (the event's own task is checked before; this is e.g. a decision task)
+            raise TaskNotFound(f"task({task_id}): not in the task-definitions table and --no-queue forbids asking",
+                               call="task", task_id=task_id, root_url=root_url)
         definition = await self._fetch(lambda: self._client.task(root_url, task_id))  # type: ignore[union-attr]
         self.definitions[task_id] = definition
         return definition

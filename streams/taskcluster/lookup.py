@@ -13,6 +13,8 @@ Failures, by call:
 - task: ``UnusableAnswer`` (text no UTF-8 encoder can write) becomes a rejection at the task stage too.
 - artifacts: any ``QueueError`` becomes ``ListingFailed``; design.md says the job still goes out, without
   artifact links.
+- decision task (only for the few mobile repositories whose tasks Treeherder judges by it): a refusal or a
+  404 makes the event ignored, as Treeherder drops such a task; ``QueueUnavailable`` propagates.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any, Protocol
 
 from streams.core.envelope import parse_envelope
-from streams.core.model import ListingFailed, Outcome, Rejected, Stage
+from streams.core.model import Ignored, ListingFailed, Outcome, Rejected, Stage
 from streams.core.rules import Rules
-from streams.core.transform import artifacts_run, preflight, transform
+from streams.core.transform import artifacts_run, decision_task, preflight, transform
 from streams.taskcluster.queue_client import QueueClient, QueueError, QueueRefused, TaskNotFound, UnusableAnswer
 
 
@@ -54,7 +56,15 @@ async def process(raw_envelope: object, lookup: TaskLookup, rules: Rules,
         return Rejected(event.task_id, f"the Queue API refused the task lookup: {error}", Stage.TASK)
     except UnusableAnswer as error:
         return Rejected(event.task_id, f"task definition cannot be used: {error}", Stage.TASK)
-    early = preflight(event, task, rules)
+    decision: Mapping[str, Any] | None = None
+    decision_id = decision_task(task, rules)
+    if decision_id is not None:  # Treeherder's rule for a few mobile repositories asks the decision task
+        try:
+            decision = await lookup.task(event.root_url, decision_id)
+        except (TaskNotFound, QueueRefused, UnusableAnswer) as error:
+            return Ignored(event.task_id, f"decision task {decision_id} of this mobile task cannot be had "
+                                          f"({error}): Treeherder drops such a task", Stage.ROUTE)
+    early = preflight(event, task, rules, decision)
     if early is not None:
         return early
     artifacts: Sequence[Mapping[str, Any]] | ListingFailed | None = None
@@ -64,7 +74,7 @@ async def process(raw_envelope: object, lookup: TaskLookup, rules: Rules,
             artifacts = await lookup.artifacts(event.root_url, event.task_id, run_id)
         except QueueError as error:
             artifacts = ListingFailed(f"artifact listing of run {run_id} failed: {error}")
-    return transform(event, task, artifacts, rules)
+    return transform(event, task, artifacts, rules, decision)
 
 
 class QueueLookup:

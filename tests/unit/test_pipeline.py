@@ -156,3 +156,43 @@ async def test_a_memo_lookup_forgets_failures(standin, client):
     with pytest.raises(QueueUnavailable):
         await lookup.task(standin.root_url, TASK_ID)
     assert (await lookup.task(standin.root_url, TASK_ID))["metadata"]["owner"] == "dev@example.com"
+
+
+class DecisionLookup(MemoryLookup):
+    """The task, and its decision task under the task group's id (or an error for it)."""
+
+    def __init__(self, task: Any, decision: Any) -> None:
+        super().__init__(task)
+        self._decision = decision
+
+    async def task(self, root_url: str, task_id: str) -> Mapping[str, Any]:
+        if task_id != TASK_ID:
+            self.calls.append(("task", root_url, task_id))
+            if isinstance(self._decision, Exception):
+                raise self._decision
+            return self._decision
+        return await super().task(root_url, task_id)
+
+
+MOBILE = make_task(routes=[f"tc-treeherder.v2.mozilla-mobile/reference-browser.{'a' * 40}"])
+
+
+async def test_a_mobile_task_asks_its_decision_task_as_treeherder_does():
+    from devtools.factories import TASK_GROUP_ID
+
+    on_main = DecisionLookup(MOBILE, {"routes": ["index.mobile.v2.reference-browser.branch.main.latest"]})
+    assert isinstance(await process(make_envelope(make_event("pending")), on_main, RULES), Jobs)
+    assert on_main.calls == [("task", ROOT_URL, TASK_ID), ("task", ROOT_URL, TASK_GROUP_ID)]
+    elsewhere = DecisionLookup(MOBILE, {"routes": ["index.mobile.v2.reference-browser.pr.7"]})
+    outcome = await process(make_envelope(make_event("pending")), elsewhere, RULES)
+    assert isinstance(outcome, Ignored) and "no master or main route" in outcome.reason
+    missing = DecisionLookup(MOBILE, TaskNotFound("gone", call="task", task_id=TASK_GROUP_ID, root_url=ROOT_URL))
+    outcome = await process(make_envelope(make_event("pending")), missing, RULES)
+    assert isinstance(outcome, Ignored) and f"decision task {TASK_GROUP_ID}" in outcome.reason
+    down = DecisionLookup(MOBILE, QueueUnavailable("down", attempts=3, call="task", task_id=TASK_GROUP_ID,
+                                                   root_url=ROOT_URL))
+    with pytest.raises(QueueUnavailable):
+        await process(make_envelope(make_event("pending")), down, RULES)
+    plain = MemoryLookup()
+    await process(make_envelope(make_event("pending")), plain, RULES)
+    assert len(plain.calls) == 1  # any other task: no decision task asked for

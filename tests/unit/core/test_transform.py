@@ -36,9 +36,9 @@ def job_of(outcome):
     return message.job
 
 
-def run_transform(kind, task=None, artifacts=None, rules=RULES, **event_options):
+def run_transform(kind, task=None, artifacts=None, rules=RULES, decision=None, **event_options):
     event = parsed(make_event(kind, **event_options), kind=kind)
-    return transform(event, make_task() if task is None else task, artifacts, rules)
+    return transform(event, make_task() if task is None else task, artifacts, rules, decision)
 
 
 # Exchanges and states

@@ -115,6 +115,27 @@ def test_other_mobile_tasks_go_through(task):
     assert isinstance(run_transform("pending", task=task), Jobs)
 
 
+# handler.ignore_task, mobile repositories without MOBILE_BASE_REPOSITORY: the decision task (taskGroupId) decides.
+
+
+def test_a_mobile_task_without_its_environment_is_judged_by_its_decision_task():
+    from devtools.factories import TASK_GROUP_ID
+    from streams.core.transform import decision_task
+
+    task = mobile()
+    assert decision_task(task, Rules()) == TASK_GROUP_ID
+    nightly = {"routes": ["index.mobile.v2.mozilla-vpn-client.branch.main.latest.taskgraph.decision-nightly"]}
+    assert isinstance(run_transform("pending", task=task, decision=nightly), Jobs)
+    pull_request = {"routes": ["index.mobile.v2.mozilla-vpn-client.pr.123"], "metadata": {
+        "source": "assume:repo:github.com/mozilla-mobile/mozilla-vpn-client:branch:main"}}  # read per character
+    outcome = run_transform("pending", task=task, decision=pull_request)
+    assert isinstance(outcome, Ignored)
+    assert "decision task with no master or main route" in outcome.reason
+    assert isinstance(run_transform("pending", task=task), Jobs)  # no decision given: the rule is left out
+    assert decision_task(make_task(), Rules()) is None  # autoland: no decision task needed
+    assert decision_task(mobile(MOBILE_BASE_REPOSITORY=VPN, MOBILE_HEAD_REPOSITORY=VPN), Rules()) is None
+
+
 # handler.parse_route_info: routes whose first word is the prefix, exactly one of them; parse_route: the project
 # is the part after the slash of <owner>/<project>, the id 0 without a fifth word.
 
