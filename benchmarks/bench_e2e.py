@@ -38,6 +38,7 @@ import aio_pika
 import aiohttp
 import orjson
 import slugid
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from benchmarks.bench_data import delivered
 from benchmarks.bench_stages import cpu_seconds, peak_rss_kib
@@ -45,8 +46,10 @@ from benchmarks.lean_amqp import LeanObserver, LeanPublisher, encode_publish, jo
 from devtools.harness import LocalPipeline, expected_job_count, terminate, wait_for_consumer, wait_for_count
 from devtools.publisher import StandInRegistrar
 from devtools.workload import KINDS, Envelope, TaskGroup, WorkloadOptions, iter_groups
+from streams.shared.kafka_config import kafka_client_kwargs
+from streams.shared.records import decode_envelope, decode_job_record
 from streams.shared.settings import Settings
-from streams.shared.topics import ensure_topics
+from streams.shared.topics import TopicNames, ensure_topics
 
 STATE_OF_KIND = {"defined": "unscheduled", "pending": "pending", "running": "running", "completed": "completed",
                  "failed": "completed", "exception": "completed"}
@@ -56,6 +59,7 @@ FIREFOX_CI = (("steady", 60.0, 15.0), ("burst", 60.0, 330.0), ("after", 60.0, 15
 FIREFOX_CI_QUICK = (("steady", 10.0, 15.0), ("burst", 10.0, 330.0), ("after", 10.0, 15.0))
 SAMPLES_PER_LOAD = 600  # (publish offset, latency) pairs kept per load for the plots; the profile keeps more
 SAMPLES_PER_PROFILE = 2000
+HOPS = ("pulse_to_source", "source_to_worker_out", "worker_out_to_observer")
 
 
 def job_key(envelope: Envelope) -> tuple[str, str]:
@@ -125,6 +129,7 @@ class Load:
     phase_of: list[int] | None
     events: int
     jobs: int
+    phases: Sequence[tuple[str, float, float]] = ()
 
 
 @dataclass(slots=True)
@@ -256,7 +261,7 @@ class EndToEnd:
             due, phase_of = schedule(phases, len(frames))
         elif rate > 0:
             due = [index / rate for index in range(len(frames))]
-        return Load(frames, keys, due, phase_of, len(frames), wanted)
+        return Load(frames, keys, due, phase_of, len(frames), wanted, phases or ())
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU used so far by each process on the path: the pipeline's, the brokers', the Queue API stand-in's and
@@ -334,8 +339,54 @@ class EndToEnd:
         report["burst"] = phases[busiest][0]
         report["burst_clear_s"] = round(last_job - outcome.written[positions[-1]], 3)
         report["samples"] = downsample(outcome.latencies(load)[1], SAMPLES_PER_PROFILE)
+        report["hops_ms"] = await self.hops(load, outcome)
         print(f" [profile: {outcome.received}/{load.jobs} jobs]", end="", flush=True)
         return report
+
+    async def hops(self, load: Load, outcome: Outcome) -> list[dict[str, Any]]:
+        """Where each phase's latency goes (:meth:`hop_samples`): p50/p99 per hop and phase, in ms."""
+        samples = await self.hop_samples(load, outcome)
+        report = []
+        for index, (name, _, _) in enumerate(_phases_of(load)):
+            chosen = [sample for sample in samples if load.phase_of is None or load.phase_of[sample[0]] == index]
+            report.append({"phase": name, **{hop: {"p50": round(percentile(values, 0.5) * 1000, 1),
+                                                   "p99": round(percentile(values, 0.99) * 1000, 1)}
+                                             for hop, values in zip(HOPS, _columns(chosen), strict=True)}})
+        return report
+
+    async def hop_samples(self, load: Load, outcome: Outcome) -> list[tuple[int, float, float, float]]:
+        """Per matched job (position in the load, and in seconds): Pulse to the source, source to the worker's
+        output, the worker's output to the observer; from the Kafka timestamps of the records, set when the
+        source and the worker hand them to their producers (Kafka's clock is in ms)."""
+        topics = TopicNames.from_settings(self.settings)
+        offset = time.time() - time.monotonic()  # monotonic -> wall clock, as Kafka's timestamps are
+        produced: dict[str, dict[tuple[str, str], float]] = {topics.task_events: {}, topics.jobs: {}}
+        consumer = AIOKafkaConsumer(**kafka_client_kwargs(self.settings), enable_auto_commit=False)
+        await consumer.start()
+        try:
+            for topic, seen in produced.items():
+                partitions = [TopicPartition(topic, p) for p in range(self.settings.partitions)]
+                consumer.assign(partitions)
+                await consumer.seek_to_beginning(*partitions)
+                ends = await consumer.end_offsets(partitions)
+                while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+                    for records in (await consumer.getmany(timeout_ms=1000, max_records=5000)).values():
+                        for record in records:
+                            key = _event_key(record.value) if topic == topics.task_events else _job_key(record.value)
+                            if key is not None:
+                                seen.setdefault(key, record.timestamp / 1000)
+        finally:
+            await consumer.stop()
+        events, jobs = produced[topics.task_events], produced[topics.jobs]
+        samples = []
+        for position, key in enumerate(load.keys):
+            if key is None:
+                continue
+            arrived, read, made = outcome.arrivals.get(key), events.get(key), jobs.get(key)
+            if arrived is not None and read is not None and made is not None:
+                samples.append((position, read - (outcome.written[position] + offset), made - read,
+                                arrived + offset - made))
+        return samples
 
     async def backlog(self, *, messages: int) -> dict[str, Any]:
         """Stop the source, leave ``messages`` waiting in its queue, start it, time until every job arrived."""
@@ -373,6 +424,30 @@ class EndToEnd:
 
     async def queue_api_requests(self) -> dict[str, int]:
         return await self.standin.requests()
+
+
+def _columns(samples: list[tuple[int, float, float, float]]) -> list[list[float]]:
+    """The three hops of ``samples`` as three lists."""
+    return [[sample[hop] for sample in samples] for hop in (1, 2, 3)]
+
+
+def _phases_of(load: Load) -> list[tuple[str, float, float]]:
+    return [(name, seconds, rate) for name, seconds, rate in load.phases] if load.phases else [("all", 0.0, 0.0)]
+
+
+def _event_key(value: bytes) -> tuple[str, str] | None:
+    """(job taskId, state) the task-events record's job will carry."""
+    with contextlib.suppress(ValueError, KeyError):
+        envelope = decode_envelope(value)
+        return job_key({"exchange": envelope.exchange, "payload": envelope.payload})  # type: ignore[typeddict-item]
+    return None
+
+
+def _job_key(value: bytes) -> tuple[str, str] | None:
+    with contextlib.suppress(ValueError, KeyError):
+        job = decode_job_record(value).job
+        return job["taskId"], job["state"]
+    return None
 
 
 def broker_pids() -> dict[str, int]:

@@ -43,6 +43,7 @@ BASIC_NACK = (60, 120)
 BASIC_DELIVER = (60, 60)
 METHOD, HEADER, BODY = 1, 2, 3
 CHANNEL = 1
+CONFIRM_PATIENCE = 60.0  # seconds without a confirm after which publishing fails
 
 
 class LeanConnection(asyncio.Protocol):
@@ -230,7 +231,11 @@ class LeanPublisher(LeanConnection):
             if self.failure is not None:
                 raise ConnectionError(f"publishing failed: {self.failure!r}")
             self._progress.clear()
-            await self._progress.wait()
+            try:
+                await asyncio.wait_for(self._progress.wait(), CONFIRM_PATIENCE)
+            except TimeoutError:
+                raise ConnectionError(f"no confirm for {CONFIRM_PATIENCE:.0f} s: {self.published} published, "
+                                      f"{self.confirmed} confirmed") from None
         if self.failure is not None:
             raise ConnectionError(f"publishing failed: {self.failure!r}")
 
