@@ -8,12 +8,11 @@ publisher confirms, up to ``sink_max_in_flight`` unconfirmed at once, and commit
 up to the last record below which every record is confirmed (or was not for it).
 
 Delivery: at least once. When the Pulse connection fails, the loop rewinds each partition to that committed
-position and reads again from there once reconnected. What it reads again is published again only when no
-confirm vouches for it (``Resend``): a record the broker confirmed is not sent twice, and neither is an older
-state of a run whose later state the broker confirmed, which would take the run back on the exchange (a
-channel's messages reach the broker in order, so that older message went first; only a nack says it did not).
-A job is published twice only if it was unconfirmed in the window (at most ``sink_max_in_flight`` per
-destination and failure). A killed sink forgets its confirms and publishes the window again.
+position and reads again from there once reconnected, publishing again only what the broker had not
+confirmed (``Resend``). A run has at most one unconfirmed message at a time (the next waits for its confirm),
+so what is published again is never older than what the exchange already has of that run. A job is published
+twice only if it was unconfirmed when the connection failed (at most ``sink_max_in_flight`` per destination
+and failure). A killed sink remembers nothing and publishes its window again.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange
@@ -33,7 +33,6 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from connectors.base import Backoff, Connector
 from connectors.pulse_source import AMQP_TRANSIENT, SessionLost
-from streams.core.state_guard import STATE_RANK
 from streams.shared import records
 from streams.shared.kafka_config import kafka_client_kwargs
 from streams.shared.settings import Destination, Settings
@@ -43,6 +42,11 @@ from streams.shared.topics import TopicNames, sink_group
 log = logging.getLogger(__name__)
 
 COMMIT_INTERVAL = 0.5  # seconds between offset commits while records flow
+# A killed sink's partitions wait for its session to expire before a restarted (or other) sink gets them:
+# aiokafka's default is 10 s. 6 s is the least a broker accepts by default; heartbeats every second, as the
+# worker's (streams/worker/membership.py).
+SESSION_TIMEOUT_MS = 6000
+HEARTBEAT_INTERVAL_MS = 1000
 STOP_GRACE = 15.0  # seconds a stopping loop waits for outstanding confirms before it gives up on them
 SINK_STAGE = "sink"
 ROOT_URL_HEADER = "taskcluster-root-url"  # the job's Taskcluster deployment, for a Treeherder that takes several
@@ -115,90 +119,60 @@ class OffsetTracker:
                 table.pop(tp, None)
 
 
-def run_and_rank(job: object) -> tuple[str, int] | None:
-    """The run a job message is about (its ``taskId``, ``<task>/<run>``) and the rank of its state."""
-    if not isinstance(job, dict):
-        return None
-    task, state = job.get("taskId"), job.get("state")
-    if not isinstance(task, str) or state not in STATE_RANK:
-        return None
-    return task, STATE_RANK[state]
+def run_of(job: object) -> str | None:
+    """The run a job message is about: its ``taskId`` (``<task>/<run>``), if it has one."""
+    task = job.get("taskId") if isinstance(job, dict) else None
+    return task if isinstance(task, str) else None
 
 
 class Resend:
-    """Which records read again after a failed session need publishing again, per partition.
+    """Which records read again after a failed session were confirmed already, per partition.
 
-    While a session runs it remembers each confirmed record above the committed offset (offset -> run and
-    rank). When the session fails, the records from the committable offset on are read again; ``vouched``
-    says which of them a confirm already covers: the record itself was confirmed, or a later record of the
-    same run with a further state was (the older one went out before it on the same channel, unless the
-    broker nacked it). Everything else is published again, in order.
+    While a session runs it remembers the offsets the broker confirmed above the committed offset. When the
+    session fails, the records from the committable offset on are read again, and those confirmed are not
+    published again. The others are, in order: a run has at most one unconfirmed message at a time
+    (``DestinationLoop._publish`` waits for the previous one's confirm), so a record published again is the
+    run's furthest state sent, and the exchange never sees the run go back.
     """
 
     def __init__(self) -> None:
-        self._confirmed: dict[TopicPartition, dict[int, tuple[str, int] | None]] = {}
-        self._nacked: dict[TopicPartition, set[int]] = {}
-        # After a failure, per partition: confirmed offsets, the furthest confirmed (rank, offset) per run,
-        # and the offset past which nothing read again is vouched for.
-        self._replay: dict[TopicPartition, tuple[set[int], dict[str, tuple[int, int]], set[int], int]] = {}
+        self._confirmed: dict[TopicPartition, set[int]] = {}
+        self._replay: dict[TopicPartition, tuple[set[int], int]] = {}  # confirmed offsets, end of the window
 
-    def confirmed(self, tp: TopicPartition, offset: int, job: object) -> None:
-        self._confirmed.setdefault(tp, {})[offset] = run_and_rank(job)
-
-    def nacked(self, tp: TopicPartition, offset: int) -> None:
-        self._nacked.setdefault(tp, set()).add(offset)
+    def confirmed(self, tp: TopicPartition, offset: int) -> None:
+        self._confirmed.setdefault(tp, set()).add(offset)
 
     def committed(self, offsets: dict[TopicPartition, int]) -> None:
-        """Confirms below a committed offset are not read again: forget them."""
+        """Records below a committed offset are not read again: forget them."""
         for tp, offset in offsets.items():
             confirmed = self._confirmed.get(tp)
             if confirmed:
-                for done in [o for o in confirmed if o < offset]:
-                    del confirmed[done]
+                confirmed.difference_update([o for o in confirmed if o < offset])
 
     def failed(self) -> None:
-        """The session failed: what was confirmed so far vouches for the records read again."""
+        """The session failed: its confirms vouch for the records read again."""
         for tp, confirmed in self._confirmed.items():
             if not confirmed:
                 continue
-            furthest: dict[str, tuple[int, int]] = {}
-            for offset, run in confirmed.items():
-                if run is not None and run[1] >= furthest.get(run[0], (-1, -1))[0]:
-                    furthest[run[0]] = (run[1], offset)
-            nacked, end = self._nacked.get(tp, set()), max(confirmed) + 1
-            if tp in self._replay:  # failed again while reading again: the earlier confirms still count
-                earlier, earlier_furthest, earlier_nacked, earlier_end = self._replay[tp]
-                confirmed_offsets = set(confirmed) | earlier
-                for run, (rank, offset) in earlier_furthest.items():
-                    if rank > furthest.get(run, (-1, -1))[0]:
-                        furthest[run] = (rank, offset)
-                self._replay[tp] = (confirmed_offsets, furthest, nacked | earlier_nacked, max(end, earlier_end))
-            else:
-                self._replay[tp] = (set(confirmed), furthest, nacked, end)
+            earlier, earlier_end = self._replay.get(tp, (set(), 0))  # failed again while reading again
+            self._replay[tp] = (confirmed | earlier, max(max(confirmed) + 1, earlier_end))
         self._confirmed.clear()
-        self._nacked.clear()
 
-    def vouched(self, tp: TopicPartition, offset: int, job: object) -> bool:
-        """True when the record at ``offset`` need not be published again (see the class)."""
+    def vouched(self, tp: TopicPartition, offset: int) -> bool:
+        """True when the record at ``offset`` was confirmed in a failed session: not published again."""
         replay = self._replay.get(tp)
         if replay is None:
             return False
-        confirmed, furthest, nacked, end = replay
+        confirmed, end = replay
         if offset >= end:
             del self._replay[tp]
             return False
-        if offset in confirmed:
-            return True
-        run = run_and_rank(job)
-        if run is None or offset in nacked:
-            return False
-        rank, at = furthest.get(run[0], (-1, -1))
-        return run[1] < rank and offset < at
+        return offset in confirmed
 
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         for tp in partitions:
-            for table in (self._confirmed, self._nacked, self._replay):
-                table.pop(tp, None)
+            self._confirmed.pop(tp, None)
+            self._replay.pop(tp, None)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -224,6 +198,7 @@ class DestinationLoop:
         self.counts = sink.counts.per_destination.setdefault(destination.name, DestinationCounts())
         self.tracker = OffsetTracker()
         self.resend = Resend()
+        self._unconfirmed: dict[str, asyncio.Task[bool]] = {}  # per run, its message not yet confirmed
         self.label = f"sink[{destination.name}]"
         self._consumer: AIOKafkaConsumer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -240,6 +215,8 @@ class DestinationLoop:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
         )
         await self._start_consumer()
         try:
@@ -323,34 +300,47 @@ class DestinationLoop:
                 self.tracker.settled(tp, offset)
                 self._slots.release()
                 return
-            if self.resend.vouched(tp, offset, record.job):  # read again after a failure, already delivered
+            if self.resend.vouched(tp, offset):  # read again after a failure, and confirmed already
                 self.counts.not_resent += 1
                 self.tracker.settled(tp, offset)
                 self._slots.release()
                 return
-            task = asyncio.create_task(self._publish(exchange, record, tp, offset))
+            run = run_of(record.job)
+            task = asyncio.create_task(self._publish(exchange, record, tp, offset, self._unconfirmed.get(run)))
+            if run is not None:
+                self._unconfirmed[run] = task
+                task.add_done_callback(lambda done, run=run: self._confirmed_run(run, done))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _confirmed_run(self, run: str, task: asyncio.Task[Any]) -> None:
+        if self._unconfirmed.get(run) is task:
+            del self._unconfirmed[run]
+
     async def _publish(self, exchange: AbstractExchange, record: records.JobRecord, tp: TopicPartition,
-                       offset: int) -> None:
-        root_url = record.root_url or self.sink.settings.taskcluster_root_url
-        message = aio_pika.Message(record.job_body(), content_type="application/json",
-                                   delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                                   headers={ROOT_URL_HEADER: root_url})
-        started = time.monotonic()
+                       offset: int, previous: asyncio.Task[bool] | None = None) -> bool:
+        """Publish one job once the previous message of its run (``previous``) is confirmed; True once the
+        broker confirmed it. Nothing is published after a message of the same run that was not confirmed: after
+        a failure the records are read again in order, and a run never has two unconfirmed messages whose
+        arrival is unknown (one arrived, the other not, and sending both again would take the run back)."""
         try:
-            await exchange.publish(message, routing_key=record.routing_key)
-        except aio_pika.exceptions.DeliveryError as error:  # nacked or returned: the broker did not take it
-            self.resend.nacked(tp, offset)
-            self._fail(error)
-        except AMQP_TRANSIENT as error:
-            self._fail(error)
-        else:
+            if previous is not None and not await previous:
+                return False
+            root_url = record.root_url or self.sink.settings.taskcluster_root_url
+            message = aio_pika.Message(record.job_body(), content_type="application/json",
+                                       delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                                       headers={ROOT_URL_HEADER: root_url})
+            started = time.monotonic()
+            try:
+                await exchange.publish(message, routing_key=record.routing_key)
+            except (*AMQP_TRANSIENT, aio_pika.exceptions.DeliveryError) as error:
+                self._fail(error)
+                return False
             self.counts.confirm_latency.observe(time.monotonic() - started)
             self.counts.published += 1
-            self.resend.confirmed(tp, offset, record.job)
+            self.resend.confirmed(tp, offset)
             self.tracker.settled(tp, offset)
+            return True
         finally:
             self._slots.release()
 
