@@ -40,7 +40,7 @@ from streams.core.model import EventKind, Stage, reason_class
 from streams.shared import records
 from streams.shared.kafka_config import kafka_client_kwargs
 from streams.shared.redact import redact_text
-from streams.shared.settings import Settings, is_local_broker
+from streams.shared.settings import Settings
 from streams.shared.topics import TopicNames, max_record_bytes
 
 log = logging.getLogger(__name__)
@@ -250,23 +250,34 @@ class PulseSource(Connector):
         for exchange in exchanges:
             for prefix in self.settings.route_prefixes:
                 await queue.bind(exchange, routing_key=f"route.{prefix}.#")
-        await self._prune(queue, wanted)
         await channel.close()
+        await self._prune(connection, queue.name, wanted)
         return queue
 
-    async def _prune(self, queue: AbstractQueue, wanted: set[tuple[str, str]]) -> None:
+    async def _prune(self, connection: AbstractConnection, name: str, wanted: set[tuple[str, str]]) -> None:
         """Remove the bindings of the durable queue that the configuration no longer asks for (a route prefix
         taken out, another exchange prefix), as Treeherder's consumers do: a binding outlives the process that
-        made it, and would go on filling the queue with tasks no destination takes."""
-        bindings = await queue_bindings(self.settings, queue.name)
-        if bindings is None:
+        made it, and would go on filling the queue with tasks no destination takes.
+
+        On a channel of its own: a refused unbind (the broker closes the channel) is logged and ends the
+        pruning, never the source."""
+        bindings = await queue_bindings(self.settings, name)
+        stale = [(exchange, key) for exchange, key in bindings or () if exchange and (exchange, key) not in wanted]
+        if not stale:
             return
-        for exchange, routing_key in bindings:
-            if exchange and (exchange, routing_key) not in wanted:
+        channel = await connection.channel()
+        try:
+            queue = await channel.declare_queue(name, durable=True)
+            for exchange, routing_key in stale:
                 await queue.unbind(exchange, routing_key=routing_key)
                 self.counts.unbound += 1
                 log.info("source: unbound %s from %s with %s: the configuration no longer asks for it",
-                         queue.name, exchange, routing_key)
+                         name, exchange, routing_key)
+        except aiormq.exceptions.AMQPError as error:
+            log.warning("source: could not remove the stale bindings of %s (%s); they stay", name, error)
+        finally:
+            with contextlib.suppress(aiormq.exceptions.AMQPError, RuntimeError):
+                await channel.close()
 
     async def _exchange(self, connection: AbstractConnection, name: str) -> str:
         probe = await connection.channel()
@@ -438,9 +449,10 @@ def bindings_api(settings: Settings) -> str | None:
         return None
     if api != "auto":
         return api.rstrip("/") + "/"
-    if is_local_broker(settings.pulse_url):
-        return f"http://{urlsplit(settings.pulse_url).hostname or 'localhost'}:{MANAGEMENT_PORT}/"
-    return PULSE_GUARDIAN_URL
+    host = urlsplit(settings.pulse_url).hostname or "localhost"
+    if host == "pulse.mozilla.org" or host.endswith(".pulse.mozilla.org"):
+        return PULSE_GUARDIAN_URL
+    return f"http://{host}:{MANAGEMENT_PORT}/"  # a RabbitMQ of one's own: its management API, if it has one
 
 
 async def queue_bindings(settings: Settings, queue: str) -> list[tuple[str, str]] | None:
