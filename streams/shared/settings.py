@@ -644,6 +644,21 @@ def _deployments(settings: Settings, table: Any, env: Mapping[str, str]) -> tupl
     return tuple(result)
 
 
+def _unclaimed_variables(env: Mapping[str, str], start: str, keys: list[str], options: tuple[str, ...],
+                         listed_in: str) -> None:
+    """Refuse a ``<start><KEY>_<OPTION>`` variable that no configured destination (or deployment) reads: a typo
+    in its name or option, or one not listed, would otherwise be passed over without a word."""
+    known = {f"{start}{_env_key(key)}_{option.upper()}" for key in keys for option in options}
+    for variable in sorted(env):
+        if not variable.startswith(start) or variable in known:
+            continue
+        if variable.endswith("_FILE") and variable.removesuffix("_FILE") in known:
+            continue  # a secret given as a file: read into its variable already
+        raise SettingsError(f"{variable}: no configured {start.removeprefix('TC_TREEHERDER_').rstrip('_').lower()} "
+                            f"reads it (options: {', '.join(o.upper() for o in options)}); configured: "
+                            f"{', '.join(keys) or 'none'}, listed in {listed_in}")
+
+
 def _namespaced_exchange(namespace: str, user: str) -> str:
     """The jobs exchange of a destination whose Pulse user is ``user``: Pulse lets a user create only
     ``exchange/<user>/...``. A namespace goes after the user so Pulse's permissions still match."""
@@ -719,5 +734,9 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: str | Path 
         raise SettingsError(f"{path}: destinations must be a table of [destinations.<name>]")
     settings = replace(settings, destinations=_destinations(settings, table, env, jobs_pulse_url),
                        deployments=_deployments(settings, data.get("deployments", {}), env))
+    _unclaimed_variables(env, "TC_TREEHERDER_DESTINATION_", [d.key for d in settings.destinations],
+                         _DESTINATION_OPTIONS, "TC_TREEHERDER_DESTINATIONS or [destinations.<name>]")
+    _unclaimed_variables(env, "TC_TREEHERDER_DEPLOYMENT_", [d.name for d in settings.deployments],
+                         _DEPLOYMENT_OPTIONS, "TC_TREEHERDER_DEPLOYMENTS or [deployments.<name>]")
     _pulse_names(settings)
     return settings

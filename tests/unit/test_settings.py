@@ -287,3 +287,14 @@ def test_the_cli_exits_2_naming_the_setting_pulse_would_refuse(monkeypatch: pyte
     monkeypatch.setenv("TC_TREEHERDER_DESTINATION_TC_TREEHERDER_EXCHANGE", "exchange/bob/v1/jobs")
     assert cli.main(["sink"]) == 2
     assert "TC_TREEHERDER_DESTINATION_TC_TREEHERDER_EXCHANGE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("variable", [
+    "TC_TREEHERDER_DESTINATION_DEV_PROJECTS",  # dev is not configured
+    "TC_TREEHERDER_DESTINATION_TC_TREEHERDER_PROJECT",  # a typo in the option
+    "TC_TREEHERDER_DEPLOYMENT_COMMUNITY_ROOT_URL",  # no deployment of that name
+])
+def test_a_variable_no_destination_or_deployment_reads_is_refused(variable: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings(env={variable: "x"})
+    assert str(refused.value).startswith(f"{variable}: no configured")
