@@ -258,6 +258,15 @@ def ratios_line(results: dict[str, Any]) -> str:
     return "ratios vs raw clients: " + (", ".join(parts) or "none measured")
 
 
+def draw_pictures(results: dict[str, Any], out: Path) -> str:
+    """The PNGs of ``benchmarks/plots.py`` beside the JSON; a line saying where, or why not."""
+    try:
+        from benchmarks.plots import draw  # matplotlib comes with the dev extra; the figures do not need it
+    except ImportError as error:
+        return f"no pictures: {error} (pip install -e '.[dev]')"
+    return "pictures: " + ", ".join(str(path) for path in draw(results, out))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small loads; about two minutes")
@@ -319,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("\n".join(table(results)))
     print(f"\n{results['seconds']:.0f}s; figures in {args.output}")
+    print(draw_pictures(results, args.output.parent))
     print(ratios_line(results))
     return 0
 
