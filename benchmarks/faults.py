@@ -37,7 +37,7 @@ from devtools.stack import kafka, rabbitmq  # noqa: E402
 from streams.shared.settings import load_settings  # noqa: E402
 
 PULSE_URL = "amqp://guest:guest@localhost:5672/"
-OPT_IN = ("rabbitmq-restart",)
+OPT_IN = ("rabbitmq-restart", "rabbitmq-frozen-30s")  # they disturb every user of the machine's RabbitMQ
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

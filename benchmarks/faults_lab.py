@@ -18,8 +18,10 @@ import base64
 import contextlib
 import os
 import secrets
+import signal
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ from urllib.parse import quote
 
 import aio_pika
 import aiohttp
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
@@ -43,8 +46,9 @@ from devtools.harness import (
 from devtools.publisher import PulsePublisher, publish_workload
 from devtools.queue_standin import Fault as QueueFault
 from devtools.queue_standin import QueueStandIn
-from devtools.stack import kafka
+from devtools.stack import kafka, rabbitmq
 from devtools.workload import WorkloadOptions, iter_groups
+from streams.shared.records import decode_rejected_record
 from streams.shared.settings import Settings, load_settings
 from streams.shared.topics import ensure_topics
 
@@ -193,6 +197,28 @@ async def restart_kafka(scenario: Scenario, down_for: float = 5.0) -> None:
     scenario.note(f"Kafka {node.bootstrap} {outcome}")
 
 
+def frozen(broker: str, seconds: float = 30.0) -> Injector:
+    """SIGSTOP the broker's process for ``seconds``, then SIGCONT: it keeps its sockets open but answers
+    nothing, as a broker in a long GC pause or on a stalled host does. ``broker`` is "kafka" (the lab's own)
+    or "rabbitmq" (the machine's node: disturbs every user of it, so the harness runs it only on request)."""
+    async def inject(scenario: Scenario) -> None:
+        if broker == "kafka":
+            node = scenario.lab.kafka_node
+            assert node is not None, "only a Kafka the lab started may be frozen"
+            pid = kafka.running_pid(node)
+        else:
+            pid = rabbitmq.node_pid()
+        assert pid is not None, f"no {broker} process to freeze"
+        os.kill(pid, signal.SIGSTOP)
+        scenario.note(f"SIGSTOP {broker} (pid {pid})")
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        scenario.note(f"SIGCONT {broker} after {seconds:.0f}s")
+    return inject
+
+
 async def close_pipeline_connections(scenario: Scenario) -> None:
     """RabbitMQ closes the source's and the sink's connections (management API), as a broker restart would."""
     names = await _connections(scenario, lambda c: _connection_name(c).startswith(scenario.settings.app_id))
@@ -222,6 +248,62 @@ def destination_refused(seconds: float = 30.0) -> Injector:
         await _create_user(scenario.lab, scenario.sink_user)
         scenario.note(f"re-created the sink's user after {seconds:.0f}s")
     return inject
+
+
+# Bad input
+
+BAD_BODIES = (b"\xff\xfe{not UTF-8", b"[1, 2, 3]", b"{not JSON", b"")  # each a reason of its own at the source
+
+
+def bad_burst(count: int = 10_000) -> Injector:
+    """Publish ``count`` bad messages to the task exchanges among the workload's good ones (cycling through
+    ``BAD_BODIES``, routed like real task events), then wait until the rejected topic has a record with a
+    reason for each; the note gives the reasons and how long the rejections took."""
+    async def inject(scenario: Scenario) -> None:
+        began = time.monotonic()
+        connection = await aio_pika.connect(scenario.settings.pulse_url)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.declare_exchange(scenario.settings.task_exchange("pending"),
+                                                      aio_pika.ExchangeType.TOPIC, durable=True)
+            confirms: list[Any] = []
+            for index in range(count):
+                message = aio_pika.Message(BAD_BODIES[index % len(BAD_BODIES)], content_type="application/json",
+                                           headers={"CC": ["route.tc-treeherder.bad"]},
+                                           delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+                confirms.append(exchange.publish(message, routing_key=f"primary.bad{index:06d}.0._._.p.w.s.g._"))
+                if len(confirms) >= 500:
+                    await asyncio.gather(*confirms)
+                    confirms.clear()
+            await asyncio.gather(*confirms)
+        scenario.note(f"published {count} bad messages in {time.monotonic() - began:.1f}s")
+        reasons = await _source_rejections(scenario, count, limit=180.0)
+        scenario.note(f"{sum(reasons.values())} of {count} rejected by the source after "
+                      f"{time.monotonic() - began:.1f}s: {dict(reasons)}")
+    return inject
+
+
+async def _source_rejections(scenario: Scenario, count: int, limit: float) -> Counter[str]:
+    """The source's rejected records in the scenario's rejected topic, by reason, once there are ``count``
+    (or ``limit`` seconds have passed)."""
+    topic = scenario.settings.topic("rejected")
+    reasons: Counter[str] = Counter()
+    consumer = AIOKafkaConsumer(bootstrap_servers=scenario.lab.kafka_bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(scenario.settings.partitions)]
+        consumer.assign(partitions)
+        deadline = time.monotonic() + limit
+        while sum(reasons.values()) < count and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=1000)).values():
+                for record in records:
+                    rejected = decode_rejected_record(record.value or b"")
+                    if rejected.stage == "source":
+                        reasons[rejected.reason.split(":", 1)[0]] += 1
+    finally:
+        await consumer.stop()
+    return reasons
 
 
 # Queue API faults
@@ -270,6 +352,13 @@ def catalogue(settings: Settings) -> dict[str, FaultSpec]:
         FaultSpec("kafka-restart", "stop the (harness-owned) Kafka broker cleanly, start it again 5 s later",
                   restart_kafka, f"source: <= prefetch ({prefetch}) redelivered; worker: <= one commit interval; "
                   f"sink: <= in-flight window ({window})", needs_owned_kafka=True),
+        FaultSpec("kafka-frozen-30s", "SIGSTOP the (harness-owned) Kafka broker's JVM, SIGCONT 30 s later",
+                  frozen("kafka"), "clients time out and retry against the same broker: as kafka-restart",
+                  needs_owned_kafka=True),
+        FaultSpec("rabbitmq-frozen-30s", "SIGSTOP the machine's RabbitMQ node, SIGCONT 30 s later (every "
+                  "connection stalls; none is closed by the broker)", frozen("rabbitmq"),
+                  f"source: <= prefetch ({prefetch}); sink: <= in-flight window ({window}), once heartbeats "
+                  "time a connection out", after_publishing=True),
         FaultSpec("rabbitmq-connections-closed", "RabbitMQ closes the source's and the sink's connections "
                   "(management API)", close_pipeline_connections,
                   f"source: <= prefetch ({prefetch}) redelivered; sink: <= in-flight window ({window}) "
@@ -278,6 +367,9 @@ def catalogue(settings: Settings) -> dict[str, FaultSpec]:
                   "queues and persistent messages survive)", restart_rabbitmq,
                   f"source: <= prefetch ({prefetch}); sink: <= in-flight window ({window})",
                   after_publishing=True),
+        FaultSpec("bad-burst-10k", "publish 10,000 bad messages (not UTF-8, not an object, not JSON, empty) "
+                  "among the workload's good ones; every one must become a rejected record with its reason",
+                  bad_burst(10_000), "0: a bad message is rejected, never retried"),
         FaultSpec("queue-api-500", "every Queue API request answers 500 for 20 s", queue_api(20, status=500),
                   "the worker retries in place, nothing is re-read: 0"),
         FaultSpec("queue-api-timeout", f"every Queue API request hangs {queue_delay:.0f} s (past the client's "
@@ -310,7 +402,12 @@ def scenario_env(lab: Lab, namespace: str, *, root_url: str, sink_user: str, sto
         "TC_TREEHERDER_PARTITIONS": str(partitions),
         **(extra or {}),
     }
-    observer_env = {**base, **settings_env}
+    # Both sides name the jobs exchanges: by default each is under its destination's Pulse user, and the sink
+    # (its own user, which a fault may delete) and the observer (guest) must meet on the same exchanges.
+    exchanges = {f"TC_TREEHERDER_DESTINATION_{key}_EXCHANGE": f"exchange/{sink_user}/{namespace}/{name}/v1/jobs"
+                 for key, name in (("TC_TREEHERDER", "tc-treeherder"),
+                                   ("TC_TREEHERDER_STAGING", "tc-treeherder-staging"))}
+    observer_env = {**base, **settings_env, **exchanges}
     host = lab.pulse_url.split("@", 1)[-1]
     sink_url = f"amqp://{sink_user}:{SINK_PASSWORD}@{host}"
     pipeline = {**observer_env, "TC_TREEHERDER_DESTINATION_TC_TREEHERDER_PULSE_URL": sink_url,
@@ -363,6 +460,7 @@ async def run_scenario(lab: Lab, faults: list[FaultSpec], *, events: int, seed: 
             log(f"[{namespace}] {observer.received}/{wanted} jobs: injecting {fault.name}")
             injected = time.monotonic()
             first_fault = first_fault or injected
+            scenario.note(f"injecting {fault.name}")
             await fault.inject(scenario)
             fault_seconds += time.monotonic() - injected
         await publishing
