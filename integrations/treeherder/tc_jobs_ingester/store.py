@@ -15,9 +15,9 @@ a Queue that cannot be reached would turn a missing push into an error.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,8 @@ from .policy import FAILED, MISSING_PUSH, REFUSED, STORED, Outcome
 log = logging.getLogger("tc_jobs_ingester.store")
 
 INTEGRITY_RETRIES = 3
+REPOSITORY_TTL = 30.0  # seconds a repository's status is reused
+PUSHES_KEPT = 10_000  # pushes remembered as existing
 DB_RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0)  # then 10 s for as long as the database stays away
 
 
@@ -59,6 +61,11 @@ class Store:
         self._repository = Repository
         self._stopping = stopping  # a threading.Event: stop retrying a lost database when set
         self._schema: dict[str, Any] | None = None
+        # Lookups repeated for nearly every job, kept briefly: a repository's id and status (an operator may
+        # change the status: seen within REPOSITORY_TTL), and pushes known to exist (they do not go away).
+        self._repositories: dict[str, tuple[float, Any]] = {}
+        self._pushes: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
 
     def store(self, job: Any, root_url: str) -> Outcome:
         """Store ``job``; retries in place while the database cannot be reached (raises only when stopping)."""
@@ -84,14 +91,12 @@ class Store:
         revision = origin.get("revision") if isinstance(origin, dict) else None
         if not isinstance(project, str) or not isinstance(revision, str) or not revision:
             return Outcome(REFUSED, self._invalid_reason(job) or "no origin.project and origin.revision")
-        try:
-            repository = self._repository.objects.get(name=project)
-        except self._repository.DoesNotExist:
+        repository = self._repository_named(project)
+        if repository is None:
             return Outcome(REFUSED, f"unknown repository {project!r}", project)
         if repository.active_status != "active":
             return Outcome(REFUSED, f"repository {project!r} is not active ({repository.active_status})", project)
-        field = "revision__startswith" if len(revision) < 40 else "revision"
-        if not self._push.objects.filter(repository=repository, **{field: revision}).exists():
+        if not self._push_exists(repository, revision):
             return Outcome(MISSING_PUSH, f"no push for revision {revision} in {project}", project)
         try:
             stored = self._process(job, root_url)
@@ -107,14 +112,40 @@ class Store:
         return Outcome(REFUSED, self._invalid_reason(job) or "Treeherder's loader stored nothing (see its log)",
                        project)
 
+    def _repository_named(self, name: str) -> Any:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._repositories.get(name)
+        if cached is not None and now - cached[0] < REPOSITORY_TTL:
+            return cached[1]
+        repository = self._repository.objects.filter(name=name).first()
+        with self._lock:
+            self._repositories[name] = (now, repository)
+        return repository
+
+    def _push_exists(self, repository: Any, revision: str) -> bool:
+        key = (repository.name, revision)
+        with self._lock:
+            if key in self._pushes:
+                return True
+        field = "revision__startswith" if len(revision) < 40 else "revision"
+        if not self._push.objects.filter(repository=repository, **{field: revision}).exists():
+            return False
+        with self._lock:
+            if len(self._pushes) >= PUSHES_KEPT:
+                self._pushes.clear()
+            self._pushes[key] = time.monotonic()
+        return True
+
     def _process(self, job: dict[str, Any], root_url: str) -> Any:
         """``process_job``, again when it lost a race: two stores that create the same new row at once
         (an option collection, a machine, a job type) make one fail the unique constraint; a second try reads
-        the row the other one wrote. ``process_job`` may change ``job`` (origin fields), so each try gets a copy.
+        the row the other one wrote. ``process_job`` changes the message's ``origin`` (and may cut ``owner``), so
+        each try gets a copy of those.
         """
         for attempt in range(INTEGRITY_RETRIES):
             try:
-                return self._loader_class().process_job(copy.deepcopy(job), root_url)
+                return self._loader_class().process_job({**job, "origin": dict(job["origin"])}, root_url)
             except self._db.IntegrityError:
                 if attempt == INTEGRITY_RETRIES - 1:
                     raise
