@@ -193,6 +193,8 @@ class PulseSource(Connector):
         self.settings = settings
         self.topics = TopicNames.from_settings(settings)
         self.counts = SourceCounts()
+        # how its Kafka client and AMQP connection are named: one source per Taskcluster deployment
+        self.label = f"{settings.app_id}-source" + (f"-{settings.deployment}" if settings.deployment else "")
         self._producer: AIOKafkaProducer | None = None
 
     # Lifecycle ----------------------------------------------------------------------------------------
@@ -200,7 +202,7 @@ class PulseSource(Connector):
     async def start(self) -> None:
         self._producer = await self.start_producer("source", lambda: AIOKafkaProducer(
             **kafka_client_kwargs(self.settings),
-            client_id=f"{self.settings.app_id}-source",
+            client_id=self.label,
             acks="all",
             enable_idempotence=True,  # a retried batch is not written twice
             linger_ms=5,
@@ -295,7 +297,7 @@ class PulseSource(Connector):
 
     async def _session(self, backoff: Backoff) -> None:
         connection = await aio_pika.connect(self.settings.pulse_url, timeout=15,
-                                            client_properties={"connection_name": f"{self.settings.app_id}-source"})
+                                            client_properties={"connection_name": self.label})
         try:
             await self.declare(connection)
             channel = await connection.channel()
