@@ -140,7 +140,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--task-events", action="store_true",
                         help="watch the Queue's six task exchanges instead of the jobs exchanges")
     source.add_argument("--destination", action="append", default=[], metavar="NAME",
-                        help="watch only this destination's jobs exchange (name or route prefix; repeatable)")
+                        help="watch only this destination's jobs exchange (name or configuration table; "
+                             "repeatable)")
     source.add_argument("--exchange", action="append", default=[], metavar="NAME",
                         help="watch this exchange on TC_TREEHERDER_PULSE_URL (repeatable)")
     parser.add_argument("--pattern", default="#", metavar="KEY", help="routing-key binding pattern (default: #)")
@@ -182,7 +183,7 @@ def _targets(args: argparse.Namespace, settings: Settings) -> dict[str, list[str
         return {settings.pulse_url: [settings.task_exchange(kind.value) for kind in EventKind]}
     if args.exchange:
         return {settings.pulse_url: list(dict.fromkeys(args.exchange))}
-    known = {d.name: d for d in settings.destinations} | {d.route_prefix: d for d in settings.destinations}
+    known = {d.key: d for d in settings.destinations} | {d.name: d for d in settings.destinations}
     unknown = [name for name in args.destination if name not in known]
     if unknown:
         raise ValueError(f"unknown destination(s) {', '.join(unknown)}; configured: "

@@ -21,7 +21,7 @@ Stop with Ctrl-C or SIGTERM; a one-line summary is logged at exit.
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--destination", action="append", metavar="NAME", default=[],
-                        help="deliver only to this destination (name or route prefix; repeatable; "
+                        help="deliver only to this destination (name or configuration table; repeatable; "
                              "default: every enabled destination)")
     parser.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"],
                         help="log level of the sink (default: info)")
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
 
-    known = {d.name: d for d in settings.destinations} | {d.route_prefix: d for d in settings.destinations}
+    known = {d.key: d for d in settings.destinations} | {d.name: d for d in settings.destinations}
     unknown = [name for name in args.destination if name not in known]
     if unknown:
         print(f"tc-treeherder sink: unknown destination(s) {', '.join(unknown)}; configured: "
