@@ -229,8 +229,9 @@ class Settings:
         raise KeyError(route_prefix)
 
     def destination_named(self, name: str) -> Destination | None:
-        """A destination by its name or its configuration key."""
-        return next((d for d in self.destinations if name in (d.name, d.key)), None)
+        """A destination by its name, else by its configuration key."""
+        return next((d for d in self.destinations if d.name == name), None) or next(
+            (d for d in self.destinations if d.key == name), None)
 
     @property
     def kafka_host_port(self) -> tuple[str, int]:
