@@ -5,7 +5,7 @@ Treeherder's settings in the environment (``DATABASE_URL``, ...; see docs/treehe
 environment variable (``TC_TREEHERDER_INGEST_<OPTION>``), so a deployment can set them like Treeherder's own.
 
   python -m tc_jobs_ingester run --pulse-url amqps://user:pw@pulse.mozilla.org:5671/ \\
-      --exchange exchange/taskcluster-treeherder/v1/jobs --binding 'tc-treeherder.#'
+      --exchange exchange/<sink's pulse user>/v1/jobs --binding 'tc-treeherder.#'
   python -m tc_jobs_ingester parked            # what is parked, and why
   python -m tc_jobs_ingester redrive           # send every parked message back to the queue
 """
@@ -35,7 +35,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=_env("name", "treeherder-jobs"),
                         help="the queue is queue/<pulse user>/<name> (default treeherder-jobs)")
     parser.add_argument("--exchange", default=_env("exchange", "exchange/taskcluster-treeherder/v1/jobs"),
-                        help="the jobs exchange to consume")
+                        help="the jobs exchange to consume: the destination's, as tc-treeherder's settings name it "
+                             "(by default exchange/<the sink's pulse user>/v1/jobs)")
     parser.add_argument("--delays", default=_env("delays", ",".join(f"{d:g}" for d in DEFAULT_DELAYS)),
                         help="seconds between tries while a push is missing, comma-separated; the last repeats")
 
