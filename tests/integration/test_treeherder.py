@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -318,6 +319,62 @@ async def test_a_job_whose_push_does_not_come_is_parked_then_redriven(chain: Cha
     assert chain.ingester_command(spec, "redrive") == [f"re-drove {messages} parked message(s)"]
     problems = await wait_listed(chain, wanted, push_ids, limit=60)
     assert not problems, "\n".join(problems[:20]) + f"\ningester log:\n{chain.ingester_log(spec)}"
+
+
+async def test_messages_treeherder_refuses_are_counted_with_their_reason_and_never_block(
+        brokers: Brokers, namespace: str, treeherder: tuple[th.Instance, th.Ready]) -> None:
+    """Straight onto a jobs exchange: not JSON, invalid, an unknown repository; then a valid job behind them."""
+    instance, ready = treeherder
+    exchange = f"exchange/guest/{namespace}/v1/jobs"
+    spec = th.IngesterSpec(pulse_url=brokers.pulse_url, exchange=exchange, name=f"{namespace}/refusals",
+                           bindings=("#",), metrics_port=free_port(), default_root_url="https://tc.example.com")
+    pid, _ = th.start_ingester(ready, instance, spec)
+    try:
+        valid = {"taskId": "5e1c2a0e-0000-4000-8000-000000000001/0", "retryId": 0, "isRetried": False,
+                 "buildSystem": "taskcluster", "owner": "dev@example.com", "state": "pending", "result": "unknown",
+                 "tier": 1, "jobKind": "build", "reason": "scheduled", "timeScheduled": "2026-11-29T06:00:00Z",
+                 "display": {"jobSymbol": "B", "groupSymbol": "?", "jobName": "build-linux64/opt"},
+                 "origin": {"project": "try", "revision": "f" * 40},
+                 "buildMachine": {"name": "unknown", "platform": "linux64", "os": "-", "architecture": "-"},
+                 "labels": ["opt"], "jobInfo": {"links": [], "summary": ""}, "version": 1}
+        (push,) = th.register_pushes(ready, [("try", "f" * 40)])
+        bodies = [b"{not json", json.dumps({**valid, "state": "sleeping"}).encode(),
+                  json.dumps({**valid, "origin": {**valid["origin"], "project": "no-such-project"}}).encode(),
+                  json.dumps(valid).encode()]
+        connection = await aio_pika.connect(brokers.pulse_url)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            target = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+            for body in bodies:  # no taskcluster-root-url header: the default root URL is used
+                await target.publish(aio_pika.Message(body, content_type="application/json"), routing_key="x.try._")
+
+        def settled() -> bool:
+            status = th.ingester_status(spec) or {}
+            return status.get("stored", 0) + status.get("refused", 0) >= len(bodies)
+
+        deadline = time.monotonic() + 60
+        while not await asyncio.to_thread(settled):
+            assert time.monotonic() < deadline, th.ingester_status(spec)
+            await asyncio.sleep(0.2)
+        status = th.ingester_status(spec) or {}
+        assert status["refused_by_reason"] == {"not JSON": 1, "invalid against pulse-job": 1, "unknown repository": 1}
+        reasons = sorted(r["reason"] for r in status["recent_refusals"])
+        assert any("state" in reason for reason in reasons if reason.startswith("invalid")), reasons
+        assert status["stored"] == 1 and status["parked"] == 0 and status["retried"] == 0
+        jobs = th.jobs(instance, "try", push_id=push["push_id"])
+        assert [job["job_guid"] for job in jobs] == [valid["taskId"]]
+        metrics = await asyncio.to_thread(read_text, f"http://127.0.0.1:{spec.metrics_port}/metrics")
+        assert 'tc_ingest_refused_total{reason="not JSON"} 1' in metrics
+        assert "tc_ingest_stored_total 1" in metrics
+    finally:
+        stop_pid(pid, 30)
+        instance.ingester_pid_file(spec.name).unlink(missing_ok=True)
+        await delete_queues(brokers.pulse_url, spec.queues())
+
+
+def read_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.read().decode()
 
 
 def _load_corpus(name: str) -> dict[str, Any]:
