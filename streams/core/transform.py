@@ -25,8 +25,11 @@ _RESOLVED_STATES = frozenset({"completed", "failed", "exception"})
 # A NamedTuple's own __new__ is a Python function; building one per event from a tuple skips that call.
 
 
-class _Cleared(NamedTuple):
-    """Preflight passed: the parsed route, the validated config and the event's run (None for task-defined)."""
+class Cleared(NamedTuple):
+    """The checks passed: the parsed route, the validated config and the event's run (None for task-defined).
+
+    ``check`` gives it; ``build`` takes it, so a caller that fetches artifacts between the two (the lookup step)
+    runs the checks once per event, not twice."""
 
     route: TreeherderRoute
     config: Mapping[str, Any]
@@ -36,8 +39,8 @@ class _Cleared(NamedTuple):
 def preflight(event: TaskEvent, task: Mapping[str, Any], rules: Rules,
               decision: Mapping[str, Any] | None = None) -> Outcome | None:
     """Whether this event can become a job at all; None means go on (then fetch artifacts, then transform)."""
-    checked = _check(event, task, rules, decision)
-    return None if type(checked) is _Cleared else checked
+    checked = check(event, task, rules, decision)
+    return None if type(checked) is Cleared else checked
 
 
 def decision_task(task: Mapping[str, Any], rules: Rules) -> str | None:
@@ -80,9 +83,15 @@ def transform(
     its profile) gives an Ignored or Rejected naming it: beside the jobs in ``Jobs.declined``, or alone when it
     is the only destination of the route.
     """
-    checked = _check(event, task, rules, decision)
-    if type(checked) is not _Cleared:
+    checked = check(event, task, rules, decision)
+    if type(checked) is not Cleared:
         return checked
+    return build(event, artifacts, rules, task, checked)
+
+
+def build(event: TaskEvent, artifacts: Sequence[Mapping[str, Any]] | ListingFailed | None, rules: Rules,
+          task: Mapping[str, Any], checked: Cleared) -> Outcome:
+    """``transform`` after its checks: the jobs of an event that ``check`` cleared."""
     route, config, run = checked
     task_id = event.task_id
     run_id = event.run_id or 0
@@ -165,9 +174,9 @@ def _is_mapping(value: object) -> bool:
     return type(value) is dict or isinstance(value, Mapping)
 
 
-def _check(event: TaskEvent, task: Mapping[str, Any], rules: Rules,
-           decision: Mapping[str, Any] | None = None) -> _Cleared | Outcome:
-    """design.md's "Which tasks become jobs", in its order; ``_Cleared`` when the event may become a job."""
+def check(event: TaskEvent, task: Mapping[str, Any], rules: Rules,
+           decision: Mapping[str, Any] | None = None) -> Cleared | Outcome:
+    """design.md's "Which tasks become jobs", in its order; ``Cleared`` when the event may become a job."""
     task_id = event.task_id
     if not _is_mapping(task):
         return Rejected(task_id, f"task: expected an object, got {type(task).__name__}", Stage.TASK)
@@ -219,7 +228,7 @@ def _check(event: TaskEvent, task: Mapping[str, Any], rules: Rules,
         refusals = _takers(event, route, config, rules)
         if all(refusal is not None for _, refusal in refusals):
             return _declined_outcome([refusal for _, refusal in refusals])  # type: ignore[misc]
-    return new_tuple(_Cleared, (route, config, run))
+    return new_tuple(Cleared, (route, config, run))
 
 
 _NO_EXTRA: Mapping[str, Any] = MappingProxyType({})

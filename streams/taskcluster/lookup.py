@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from streams.core.envelope import parse_envelope
 from streams.core.model import Ignored, ListingFailed, Outcome, Rejected, Stage
 from streams.core.rules import Rules
-from streams.core.transform import artifacts_run, decision_task, preflight, transform
+from streams.core.transform import Cleared, artifacts_run, build, check, decision_task
 from streams.taskcluster.queue_client import QueueClient, QueueError, QueueRefused, TaskNotFound, UnusableAnswer
 
 
@@ -64,9 +64,9 @@ async def process(raw_envelope: object, lookup: TaskLookup, rules: Rules,
         except (TaskNotFound, QueueRefused, UnusableAnswer) as error:
             return Ignored(event.task_id, f"decision task {decision_id} of this mobile task cannot be had "
                                           f"({error}): Treeherder drops such a task", Stage.ROUTE)
-    early = preflight(event, task, rules, decision)
-    if early is not None:
-        return early
+    checked = check(event, task, rules, decision)
+    if type(checked) is not Cleared:
+        return checked
     artifacts: Sequence[Mapping[str, Any]] | ListingFailed | None = None
     run_id = artifacts_run(event)
     if run_id is not None:
@@ -74,7 +74,7 @@ async def process(raw_envelope: object, lookup: TaskLookup, rules: Rules,
             artifacts = await lookup.artifacts(event.root_url, event.task_id, run_id)
         except QueueError as error:
             artifacts = ListingFailed(f"artifact listing of run {run_id} failed: {error}")
-    return transform(event, task, artifacts, rules, decision)
+    return build(event, artifacts, rules, task, checked)
 
 
 class QueueLookup:
