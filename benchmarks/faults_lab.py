@@ -40,6 +40,7 @@ from devtools.harness import (
     LocalPipeline,
     Verdict,
     expected_job_count,
+    reap,
     wait_for_consumer,
     wait_settled,
 )
@@ -182,6 +183,41 @@ async def add_worker(scenario: Scenario) -> None:
     spare = [name for name in scenario.pipeline.workers if scenario.pipeline.processes[name].starts == 0]
     scenario.pipeline.start(spare[0])
     scenario.note(f"started {spare[0]}")
+
+
+def data_dir_read_only(seconds: float = 15.0) -> Injector:
+    """SIGTERM worker-0, bind-mount its data folder read-only, start it again: it must refuse to start with a
+    message naming the folder while the other worker carries its partitions. ``seconds`` later the folder is
+    writable again and worker-0 is started once more. Needs root (mount); a bind mount over the folder, so
+    nothing else on the machine is touched."""
+    async def inject(scenario: Scenario) -> None:
+        pipeline = scenario.pipeline
+        name = pipeline.workers[0]
+        data_dir = Path(pipeline.processes[name].env["TC_TREEHERDER_DATA_DIR"])
+        await asyncio.to_thread(pipeline.stop, name)
+        _mount(["--bind", str(data_dir), str(data_dir)])
+        try:
+            _mount(["-o", "remount,bind,ro", str(data_dir)])
+            scenario.note(f"stopped {name}; its data folder is read-only")
+            pipeline.start(name)
+            managed = pipeline.processes[name]
+            code = await asyncio.to_thread(reap, managed.process, 60.0) if managed.process is not None else None
+            last = pipeline.log_tail(name, lines=1)
+            scenario.note(f"{name} on a read-only folder exited with {code}: {last[-200:]}")
+            await asyncio.sleep(seconds)
+        finally:
+            await asyncio.to_thread(_umount, data_dir)
+        pipeline.start(name)
+        scenario.note(f"data folder writable again; restarted {name}")
+    return inject
+
+
+def _mount(arguments: list[str]) -> None:
+    subprocess.run(["mount", *arguments], check=True, capture_output=True, timeout=30)
+
+
+def _umount(path: Path) -> None:
+    subprocess.run(["umount", str(path)], check=True, capture_output=True, timeout=30)
 
 
 # Broker faults
@@ -344,6 +380,9 @@ def catalogue(settings: Settings) -> dict[str, FaultSpec]:
         FaultSpec("worker-lost", "SIGKILL worker-0 and do not restart it", gone("worker", "SIGKILL"),
                   "events processed since the last offset commit plus the batches in hand, as worker-kill9",
                   stops_for_good=("worker-0",)),
+        FaultSpec("worker-data-read-only", "restart worker-0 on a read-only data folder (a bind mount), make it "
+                  "writable 15 s later and start worker-0 again", data_dir_read_only(15.0),
+                  "the refused start processes nothing; the other worker carries on: 0"),
         FaultSpec("sink-kill9", "SIGKILL the sink, restart it 2 s later", kill9("sink"),
                   f"jobs confirmed after the last commit (every 0.5 s) plus the in-flight window ({window}) "
                   "per destination are published again"),

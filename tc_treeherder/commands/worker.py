@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import tempfile
+from pathlib import Path
 
 from faust import Worker
 
@@ -27,13 +29,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="worker log level (default: info)")
 
 
+def writable_data_dir(data_dir: Path) -> str | None:
+    """None when the worker can keep its tables in ``data_dir`` (created if missing), else why not."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=data_dir):
+            pass
+    except OSError as error:
+        return (f"the data folder {data_dir} (TC_TREEHERDER_DATA_DIR) is not writable: {error.strerror}. The "
+                "worker keeps its tables there; make it writable (or point TC_TREEHERDER_DATA_DIR elsewhere) "
+                "and start the worker again: nothing is lost meanwhile, its events wait in Kafka")
+    return None
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
-
-
+    problem = writable_data_dir(settings.data_dir)
+    if problem is not None:  # before Faust opens RocksDB, which would fail with a trace far from the cause
+        logging.getLogger("tc_treeherder").error("%s", problem)
+        return 1
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     loop.run_until_complete(ensure_topics(settings))
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     worker = create_worker(settings)
     if settings.web_port:  # /metrics, /status, /status.json and /explain on Faust's web server
 
