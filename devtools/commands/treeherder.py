@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from pathlib import Path
 
 from devtools.stack import StackError
 from devtools.stack import local as stack
-from devtools.treeherder import TreeherderError
+from devtools.treeherder import TreeherderError, ui
 from devtools.treeherder import local as th
 from streams.shared.settings import Settings
 
@@ -25,6 +27,8 @@ EPILOG = """examples:
   tc-treeherder treeherder up --destination tc-treeherder-staging --port 8100
   tc-treeherder treeherder push autoland 5c3a1b2e...  # register a push (Treeherder stores jobs of known pushes)
   tc-treeherder treeherder status                   # the ingester's counts and recent refusals
+  tc-treeherder treeherder up --ui ~/src/treeherder  # also Treeherder's UI, built from a checkout of its repository
+  tc-treeherder treeherder screenshot autoland 5c3a1b2e... --out push.png   # the UI's page of a push (Chromium)
   tc-treeherder treeherder down                     # stop the API, the ingester and what up started
 
 The tarball comes from ../shared/reference/treeherder/ beside the repository (or TC_TREEHERDER_TREEHERDER_TARBALL);
@@ -43,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                           "(default: the first enabled)")
     up.add_argument("--port", type=int, help="API port (default 8000, or TC_TREEHERDER_TREEHERDER_PORT)")
     up.add_argument("--no-brokers", action="store_true", help="do not start the local Kafka and RabbitMQ")
+    up.add_argument("--ui", metavar="CHECKOUT", default=os.environ.get(ui.UI_VARIABLE),
+                    help="a checkout of Treeherder's repository: build its UI (npm registry) and serve it "
+                         f"(default: ${ui.UI_VARIABLE})")
     down = sub.add_parser("down", help="stop what `treeherder up` started")
     down.add_argument("--port", type=int)
     down.add_argument("--keep-services", action="store_true", help="leave Postgres and Redis running")
@@ -51,6 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     push.add_argument("revision", help="the push's head revision (40 hex digits)")
     push.add_argument("--author", default="tc-treeherder@example.com")
     push.add_argument("--port", type=int)
+    shot = sub.add_parser("screenshot", help="a PNG of the UI's page of a push (needs `up --ui` and Chromium)")
+    shot.add_argument("project")
+    shot.add_argument("revision")
+    shot.add_argument("--out", default="treeherder-push.png", help="the PNG to write (default treeherder-push.png)")
+    shot.add_argument("--port", type=int)
     status = sub.add_parser("status", help="the ingester's counts and the API's job totals")
     status.add_argument("--destination")
     status.add_argument("--port", type=int)
@@ -68,6 +80,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if args.action == "down":
             for what, outcome in th.down(instance, services_too=not args.keep_services):
                 print(f"{what:<48} {outcome}")
+            return 0
+        if args.action == "screenshot":
+            url = f"{instance.api_url}/jobs?repo={args.project}&revision={args.revision}"
+            ui.screenshot(url, Path(args.out))
+            print(f"{args.out}: {url}")
             return 0
         ready = th.prepare(instance)
         if args.action == "push":
@@ -105,6 +122,12 @@ def _up(args: argparse.Namespace, settings: Settings, instance: th.Instance) -> 
             return 1
     ready = th.prepare(instance, _log)
     th.print_steps(ready.steps)
+    if args.ui:
+        step_began = time.monotonic()
+        built = ui.build(Path(args.ui).expanduser(), _log)
+        if ui.link(ready.installation.source, built):
+            th.stop_api(instance)  # Treeherder reads the UI's files when it starts
+        th.print_steps([("Treeherder's UI", "ready", time.monotonic() - step_began)])
     step_began = time.monotonic()
     outcome = th.start_api(ready, instance, _log)
     th.print_steps([(f"API {instance.api_url}", outcome, time.monotonic() - step_began)])
@@ -116,4 +139,6 @@ def _up(args: argparse.Namespace, settings: Settings, instance: th.Instance) -> 
     print(f"ingester metrics: http://127.0.0.1:{spec.metrics_port}/metrics; logs in {instance.state}")
     print(f"ready in {time.monotonic() - began:.1f}s; stop with `tc-treeherder treeherder down`")
     print(f"Treeherder API: {instance.api_url}/api/")
+    if args.ui:
+        print(f"Treeherder UI:  {instance.api_url}/jobs?repo=autoland")
     return 0
