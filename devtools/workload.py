@@ -230,6 +230,16 @@ def event_kind(envelope: Envelope) -> str:
 
 _HG_PROJECTS = (("try", 1, 0.3), ("autoland", 3, 0.45), ("mozilla-central", 3, 0.15), ("mozilla-beta", 3, 0.1))
 _GITHUB_PROJECTS = ("mozilla-mobile/fenix", "mozilla/application-services", "mozilla-mobile/reference-browser")
+
+
+def _mobile_env(context: _GroupContext) -> dict[str, str]:
+    """A GitHub project's tasks come from pushes to its main branch, as their environment says: Treeherder
+    ignores a mobile repository's tasks from pull requests and other branches (streams/core/parity.py), and
+    the oracle expects every simulated task's jobs."""
+    if not context.github:
+        return {}
+    repository = f"https://github.com/{context.project}"
+    return {"MOBILE_BASE_REPOSITORY": repository, "MOBILE_HEAD_REPOSITORY": repository, "MOBILE_HEAD_REF": "main"}
 _OWNERS = ("ahal@mozilla.com", "jmaher@mozilla.com", "jmuizelaar@mozilla.com", "sheriffs@mozilla.org",
            "dev@example.com", "ffxbld@mozilla.com")
 
@@ -717,7 +727,7 @@ class _Generator:
             "payload": {
                 "maxRunTime": job.duration_s[1] + 600,
                 "command": ["/builds/worker/bin/run-task", "--", "./mach", job.kind],
-                "env": {"GECKO_HEAD_REV": context.revision, "MOZ_AUTOMATION": "1"},
+                "env": {"GECKO_HEAD_REV": context.revision, "MOZ_AUTOMATION": "1", **_mobile_env(context)},
             },
             "metadata": {
                 "owner": owner,
