@@ -87,4 +87,6 @@ def test_the_local_brokers_listen_on_loopback_only(brokers: Brokers) -> None:
         f"expected Kafka, its controller, AMQP, management, distribution and epmd among {sorted(ports)}"
     exposed = [item for item in ours if not item.loopback]
     assert not exposed, "broker sockets reachable from other machines:\n" + "\n".join(
-        f"  {item.address}:{item.port} {item.processes}" for item in exposed)
+        f"  {item.address}:{item.port} {item.processes}" for item in exposed) + (
+        "\nA RabbitMQ node (or its epmd) started before devtools/stack/rabbitmq.py wrote the loopback settings "
+        "keeps its old addresses: stop it (rabbitmqctl shutdown; epmd -kill) and let the fixture start it again.")
