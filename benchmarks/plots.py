@@ -140,6 +140,8 @@ def profile(results: dict[str, Any]) -> Figure | None:
             heights = [entry[hop]["p50"] for entry in hop_report]
             hops.bar(names, heights, bottom=bottom, label=label)
             bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+        for position, total in enumerate(bottom):
+            hops.text(position, total, f"{total:,.0f} ms", ha="center", va="bottom", fontsize=8)
         hops.set_ylabel("p50 per hop (ms), stacked")
         hops.set_title("where the latency goes (median of each hop)", fontsize=10)
         hops.legend(fontsize=7)
@@ -176,7 +178,8 @@ def stages(results: dict[str, Any]) -> Figure | None:
     axis.barh([p - 0.2 for p in positions], [row[1] for row in rows], height=0.4, color="#4c72b0",
               label="the bridge's stage")
     for position, (_, rate, baseline, raw) in zip(positions, rows, strict=True):
-        axis.text(rate, position - 0.2, f" {rate:,.0f}/s = {rate / raw:.2f}", va="center", fontsize=8)
+        label = f" {rate:,.0f}/s = {rate / raw:.2f}" if rate > 0 else " no output measured (see bench.json)"
+        axis.text(max(rate, axis.get_xlim()[0]), position - 0.2, label, va="center", fontsize=8)
         axis.text(raw, position + 0.2, f" {baseline} {raw:,.0f}/s", va="center", fontsize=8, color="#555555")
     axis.set_yticks(positions, [row[0] for row in rows])
     axis.invert_yaxis()

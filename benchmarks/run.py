@@ -191,7 +191,7 @@ def table(results: dict[str, Any]) -> list[str]:
             if floor:  # the least any Faust agent does: what separates the worker from raw, and why
                 rows.append(("  Faust floor vs raw (ratio)", f"{floor['stage_median']:,} {unit}/s",
                              f"raw {floor['raw_median']:,}/s = {floor['ratio']:.2f}", "", "-"))
-                if floor.get("cpu_ratio") is not None:
+                if floor.get("cpu_ratio") is not None and figures.get("stage_cpu_us_per_item"):
                     rows.append(("  Faust floor CPU per event", f"{floor['stage_cpu_us_per_item']:,.0f} µs",
                                  f"worker = {figures['stage_cpu_us_per_item'] / floor['stage_cpu_us_per_item']:.1f}"
                                  " x floor", "", "-"))
