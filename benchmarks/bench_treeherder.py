@@ -150,7 +150,10 @@ def main() -> int:
         "jobs": args.jobs, "direct_jobs_per_s": direct_rate, "ingester_jobs_per_s": rate, "ratio": ratio,
         "concurrency": args.concurrency, "ingester_status": counts}
     if args.events:
-        results["latency"] = asyncio.run(latency(settings, instance, ready, args))
+        try:
+            results["latency"] = asyncio.run(latency(settings, instance, ready, args))
+        finally:
+            th.stop_api(instance)
     (out / "treeherder.json").write_text(json.dumps(results, indent=2))
     return 0 if status.get("stored", 0) == len(ingest_set) else 1
 
