@@ -3,6 +3,7 @@
     .venv/bin/python -m benchmarks.faults                       # every fault but the RabbitMQ restart
     .venv/bin/python -m benchmarks.faults --faults worker-kill9 sink-kill9 --events 5000
     .venv/bin/python -m benchmarks.faults --with-rabbitmq-restart   # also restarts the machine's RabbitMQ
+    .venv/bin/python -m benchmarks.faults --faults rabbitmq-frozen-30s  # opt-in too: freezes the machine's RabbitMQ
 
 Each fault gets its own scenario (``benchmarks/faults_lab.py``): a fresh namespace, the Queue API stand-in,
 source, workers and sink as real processes, at least ``--events`` simulated task events published to the
