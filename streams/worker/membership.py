@@ -1,7 +1,7 @@
 """How long a change of the workers' group holds partitions up: short session, frequent heartbeats, a clean leave.
 
 A partition stops while the group rebalances, and a member that went away without saying so holds its
-partitions until the group coordinator gives up on it. Three settings of the worker's Kafka consumer bound
+partitions until the group coordinator gives up on it. Three things about the worker's Kafka consumer bound
 that time:
 
 - **Session timeout** (Faust's default: 60 s): how long the coordinator waits for a silent member (SIGKILL, a
@@ -20,7 +20,9 @@ that time:
   joins as a new member: two quick rebalances instead of one long silence.
 
 ``streams.worker.app.faust_app`` sets the first two; ``Worker`` connects ``leave_when_closing`` to the app's
-assignments.
+assignments. The leave reaches into aiokafka 0.14's coordinator (``_coordinator``, ``_maybe_leave_group``,
+``_send_req``; tests/unit/test_membership.py): if a later aiokafka moves them, ``_coordinator`` finds nothing
+and the worker falls back to the session timeout.
 """
 
 from __future__ import annotations
