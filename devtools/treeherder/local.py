@@ -279,8 +279,12 @@ class IngesterSpec:
         user = urlsplit(self.pulse_url).username or "guest"
         return f"exchange/{user}/{self.name}/retry"
 
+    def env(self, ready: Ready) -> dict[str, str]:
+        """Treeherder's environment plus the Pulse URL, which stays off the command line (it may hold a password)."""
+        return {**ready.env, "TC_TREEHERDER_INGEST_PULSE_URL": self.pulse_url}
+
     def command(self, ready: Ready) -> list[str]:
-        command = ready.python("-m", "tc_jobs_ingester", "run", "--pulse-url", self.pulse_url, "--name", self.name,
+        command = ready.python("-m", "tc_jobs_ingester", "run", "--name", self.name,
                                "--exchange", self.exchange, "--concurrency", str(self.concurrency),
                                "--prefetch", str(self.prefetch), "--delays", self.delays,
                                "--park-after", str(self.park_after), "--metrics-port", str(self.metrics_port),
@@ -320,7 +324,7 @@ def start_ingester(ready: Ready, instance: Instance, spec: IngesterSpec, log: Lo
             return pid, "running"
         log_file = pid_file.with_suffix(".log")
         log(f"starting the jobs ingester for {spec.exchange} ({spec.name}; log: {log_file})")
-        pid = _spawn(spec.command(ready), cwd=ready.installation.source, env=ready.env, log_file=log_file,
+        pid = _spawn(spec.command(ready), cwd=ready.installation.source, env=spec.env(ready), log_file=log_file,
                      pid_file=pid_file)
 
         def consuming() -> bool:

@@ -132,9 +132,9 @@ class Chain:
 
     def ingester_command(self, spec: th.IngesterSpec, action: str) -> list[str]:
         """``python -m tc_jobs_ingester parked|redrive`` for ``spec``'s queues, as an operator runs it."""
-        command = self.ready.python("-m", "tc_jobs_ingester", action, "--pulse-url", spec.pulse_url, "--name",
-                                    spec.name, "--exchange", spec.exchange, "--delays", spec.delays)
-        result = subprocess.run(command, env=self.ready.env, capture_output=True, text=True, timeout=60,
+        command = self.ready.python("-m", "tc_jobs_ingester", action, "--name", spec.name, "--exchange",
+                                    spec.exchange, "--delays", spec.delays)
+        result = subprocess.run(command, env=spec.env(self.ready), capture_output=True, text=True, timeout=60,
                                 check=False, cwd=self.ready.installation.source)
         assert result.returncode == 0, result.stderr
         return [line for line in result.stdout.splitlines() if line.strip()]
