@@ -27,6 +27,7 @@ EPILOG = """examples:
   tc-treeherder treeherder up --destination tc-treeherder-staging --port 8100
   tc-treeherder treeherder push autoland 5c3a1b2e...  # register a push (Treeherder stores jobs of known pushes)
   tc-treeherder treeherder status                   # the ingester's counts and recent refusals
+  tc-treeherder treeherder parked                   # parked messages and why; `redrive` sends them back
   tc-treeherder treeherder up --ui ~/src/treeherder  # also Treeherder's UI, built from a checkout of its repository
   tc-treeherder treeherder screenshot autoland 5c3a1b2e... --out push.png   # the UI's page of a push (Chromium)
   tc-treeherder treeherder down                     # stop the API, the ingester and what up started
@@ -66,6 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     status = sub.add_parser("status", help="the ingester's counts and the API's job totals")
     status.add_argument("--destination")
     status.add_argument("--port", type=int)
+    for name, text in (("parked", "list the ingester's parked messages with their reasons (they stay parked)"),
+                       ("redrive", "send the ingester's parked messages back to its queue")):
+        action = sub.add_parser(name, help=text)
+        action.add_argument("--destination")
+        action.add_argument("--port", type=int)
 
 
 def _log(line: str) -> None:
@@ -99,6 +105,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         destination = th.pick_destination(settings, args.destination)
         spec = th.IngesterSpec.for_destination(settings, destination, instance.api_port + INGESTER_METRICS_OFFSET)
+        if args.action in ("parked", "redrive"):
+            for line in th.ingester_command(ready, spec, args.action):
+                print(line)
+            return 0
         status = th.ingester_status(spec)
         if status is None:
             print(f"no ingester answers on 127.0.0.1:{spec.metrics_port} (is `tc-treeherder treeherder up` running?)")

@@ -338,6 +338,18 @@ def start_ingester(ready: Ready, instance: Instance, spec: IngesterSpec, log: Lo
         return pid, "started"
 
 
+def ingester_command(ready: Ready, spec: IngesterSpec, action: str) -> list[str]:
+    """``python -m tc_jobs_ingester parked|redrive`` for ``spec``'s queues, as an operator runs it; its lines."""
+    command = ready.python("-m", "tc_jobs_ingester", action, "--name", spec.name, "--exchange", spec.exchange,
+                           "--delays", spec.delays)
+    result = subprocess.run(command, env=spec.env(ready), capture_output=True, text=True, timeout=120, check=False,
+                            cwd=ready.installation.source)
+    if result.returncode != 0:
+        raise TreeherderError(f"tc_jobs_ingester {action} failed (exit {result.returncode}):\n"
+                              f"{result.stderr.strip()[-2000:]}")
+    return [line for line in result.stdout.splitlines() if line.strip()]
+
+
 def _cmdline(pid: int) -> str:
     from devtools.stack.process import command_line
 

@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -132,12 +131,7 @@ class Chain:
 
     def ingester_command(self, spec: th.IngesterSpec, action: str) -> list[str]:
         """``python -m tc_jobs_ingester parked|redrive`` for ``spec``'s queues, as an operator runs it."""
-        command = self.ready.python("-m", "tc_jobs_ingester", action, "--name", spec.name, "--exchange",
-                                    spec.exchange, "--delays", spec.delays)
-        result = subprocess.run(command, env=spec.env(self.ready), capture_output=True, text=True, timeout=60,
-                                check=False, cwd=self.ready.installation.source)
-        assert result.returncode == 0, result.stderr
-        return [line for line in result.stdout.splitlines() if line.strip()]
+        return th.ingester_command(self.ready, spec, action)
 
     def stop(self) -> None:
         for pid, spec in self.ingesters.items():
