@@ -271,6 +271,8 @@ async def test_simulated_tasks_are_stored_and_listed_by_treeherder(chain: Chain)
     assert all("is not active" in r["reason"] for r in status["recent_refusals"])
     assert status["parked"] == 0 and status["failed"] == 0, status["recent_parked"]
     assert status["in_flight"] == 0
+    # The root URL travelled from the worker's record through the sink's header: every stored job names it.
+    assert status["stored_by_root_url"] == {chain.standin.root_url: status["stored"]}
 
 
 async def test_a_crashed_ingester_loses_no_job(chain: Chain) -> None:
@@ -360,6 +362,7 @@ async def test_messages_treeherder_refuses_are_counted_with_their_reason_and_nev
         metrics = await asyncio.to_thread(read_text, f"http://127.0.0.1:{spec.metrics_port}/metrics")
         assert 'tc_ingest_refused_total{reason="not JSON"} 1' in metrics
         assert "tc_ingest_stored_total 1" in metrics
+        assert 'tc_ingest_stored_by_deployment_total{root_url="https://tc.example.com"} 1' in metrics
     finally:
         stop_pid(pid, 30)
         instance.ingester_pid_file(spec.name).unlink(missing_ok=True)

@@ -223,7 +223,7 @@ class Ingester:
             return  # left unacknowledged: RabbitMQ delivers it again
         tag = work.message.delivery_tag
         if outcome.kind == STORED:
-            self.metrics.add(stored=1)
+            self.metrics.stored_from(work.root_url)
             log.debug("%s: stored in %s (%.0f ms)", work.label, outcome.project, work.seconds * 1000)
         elif outcome.kind == REFUSED:
             kind = _reason_kind(outcome.reason)

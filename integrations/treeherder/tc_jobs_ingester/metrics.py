@@ -18,6 +18,7 @@ class Metrics:
         self.redelivered = 0  # delivered again by RabbitMQ (an earlier consumer died before acknowledging)
         self.stored = 0
         self.refused: Counter[str] = Counter()  # by reason kind (first words of the reason)
+        self.stored_by_root_url: Counter[str] = Counter()  # which Taskcluster deployments the stored jobs came from
         self.retried = 0  # sent to a delay queue (push missing)
         self.parked = 0
         self.failed = 0  # parked at once: storing raised
@@ -31,6 +32,11 @@ class Metrics:
         with self._lock:
             for name, value in changes.items():
                 setattr(self, name, getattr(self, name) + value)
+
+    def stored_from(self, root_url: str) -> None:
+        with self._lock:
+            self.stored += 1
+            self.stored_by_root_url[root_url] += 1
 
     def refusal(self, kind: str, detail: dict[str, Any]) -> None:
         with self._lock:
@@ -47,6 +53,7 @@ class Metrics:
             return {
                 "uptime_seconds": round(time.time() - self.started_at, 1), "consuming": self.consuming,
                 "received": self.received, "redelivered": self.redelivered, "stored": self.stored,
+                "stored_by_root_url": dict(self.stored_by_root_url),
                 "refused": sum(self.refused.values()), "refused_by_reason": dict(self.refused),
                 "retried": self.retried, "parked": self.parked, "failed": self.failed,
                 "in_flight": self.in_flight, "store_seconds": round(self.store_seconds, 3),
@@ -71,6 +78,10 @@ class Metrics:
         metric("tc_ingest_received_total", "counter", "Job messages taken from the queue.", s["received"])
         metric("tc_ingest_redelivered_total", "counter", "Messages RabbitMQ delivered again.", s["redelivered"])
         metric("tc_ingest_stored_total", "counter", "Jobs Treeherder stored.", s["stored"])
+        for root_url, count in sorted(s["stored_by_root_url"].items()):
+            metric("tc_ingest_stored_by_deployment_total", "counter",
+                   "Jobs Treeherder stored, by the Taskcluster root URL they came with.", count,
+                   f'{{root_url="{root_url}"}}')
         for reason, count in sorted(s["refused_by_reason"].items()) or [("none", 0)]:
             metric("tc_ingest_refused_total", "counter", "Messages Treeherder refused, by reason.", count,
                    f'{{reason="{reason}"}}')
