@@ -244,7 +244,7 @@ class Ingester:
         elif outcome.kind == FAILED:
             self.metrics.add(failed=1)
             headers = dict(work.message.properties.get("application_headers") or {})
-            self._park(work, headers, outcome, policy._int(headers, policy.ATTEMPTS) + 1, time.time())
+            self._park(work, headers, outcome, policy.attempts(headers) + 1, time.time())
         channel.basic_ack(tag)
 
     def _park(self, work: Work, headers: dict[str, Any], outcome: Outcome, attempts: int, first: float) -> None:

@@ -79,6 +79,11 @@ class RetryPolicy:
         return Next("retry", attempts, first, delay)
 
 
+def attempts(headers: dict[str, object] | None) -> int:
+    """Failed attempts a message has behind it, from its headers (0 for a first delivery)."""
+    return _int(headers, ATTEMPTS)
+
+
 def parse_delays(text: str) -> tuple[float, ...]:
     """``"1,2,5,30"`` -> (1.0, 2.0, 5.0, 30.0); raises ValueError on anything else."""
     delays = tuple(float(part) for part in text.split(",") if part.strip())
