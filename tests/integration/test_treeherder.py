@@ -10,13 +10,17 @@ jobs Treeherder itself stored for it (``taskcluster_transformed_jobs.json``).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import time
+import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -367,6 +371,83 @@ async def test_messages_treeherder_refuses_are_counted_with_their_reason_and_nev
         stop_pid(pid, 30)
         instance.ingester_pid_file(spec.name).unlink(missing_ok=True)
         await delete_queues(brokers.pulse_url, spec.queues())
+
+
+async def test_a_lost_connection_is_reestablished_and_loses_nothing(
+        brokers: Brokers, namespace: str, treeherder: tuple[th.Instance, th.Ready]) -> None:
+    """RabbitMQ closes the ingester's connection mid-stream (as a broker restart or a network cut would)."""
+    instance, ready = treeherder
+    exchange = f"exchange/guest/{namespace}/v1/jobs"
+    spec = th.IngesterSpec(pulse_url=brokers.pulse_url, exchange=exchange, name=f"{namespace}/reconnect",
+                           bindings=("#",), metrics_port=free_port(), concurrency=2)
+    pid, _ = th.start_ingester(ready, instance, spec)
+    try:
+        revision = f"{secrets.token_hex(20)}"
+        (push,) = th.register_pushes(ready, [("try", revision)])
+        jobs = [minimal_job(f"{uuid.uuid4()}/0", revision) for _ in range(60)]
+        await publish_jobs(brokers.pulse_url, exchange, jobs[:30])
+        await wait_status(spec, lambda status: status.get("stored", 0) >= 10, "some jobs stored", 60)
+        closed = await asyncio.to_thread(close_connections, brokers.management_url, f"tc_jobs_ingester {spec.name}")
+        assert closed == 1
+        await publish_jobs(brokers.pulse_url, exchange, jobs[30:])
+        await wait_status(spec, lambda status: status.get("stored", 0) >= len(jobs), "every job stored", 90)
+        listed = {job["job_guid"] for job in th.jobs(instance, "try", push_id=push["push_id"])}
+        assert listed == {job["taskId"] for job in jobs}
+        log = instance.ingester_pid_file(spec.name).with_suffix(".log").read_text()
+        assert "connection lost" in log and log.count("consuming queue/") == 2, log[-3000:]
+    finally:
+        stop_pid(pid, 30)
+        instance.ingester_pid_file(spec.name).unlink(missing_ok=True)
+        await delete_queues(brokers.pulse_url, spec.queues())
+
+
+def minimal_job(task_id: str, revision: str) -> dict[str, Any]:
+    """A job message valid against Treeherder's pulse-job schema, for the project try."""
+    return {"taskId": task_id, "retryId": 0, "isRetried": False, "buildSystem": "taskcluster",
+            "owner": "dev@example.com", "state": "completed", "result": "success", "tier": 1, "jobKind": "build",
+            "reason": "scheduled", "timeScheduled": "2026-11-29T06:00:00Z", "timeStarted": "2026-11-29T06:01:00Z",
+            "timeCompleted": "2026-11-29T06:09:00Z",
+            "display": {"jobSymbol": "B", "groupSymbol": "?", "jobName": "build-linux64/opt"},
+            "origin": {"project": "try", "revision": revision},
+            "buildMachine": {"name": "i-0123", "platform": "linux64", "os": "linux", "architecture": "x86_64"},
+            "labels": ["opt"], "jobInfo": {"links": [], "summary": ""}, "logs": [], "version": 1}
+
+
+async def publish_jobs(url: str, exchange: str, jobs: list[dict[str, Any]]) -> None:
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        target = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        for job in jobs:
+            await target.publish(aio_pika.Message(json.dumps(job).encode(), content_type="application/json",
+                                                  headers={"taskcluster-root-url": "https://tc.example.com"}),
+                                 routing_key="tc-treeherder.try._")
+
+
+async def wait_status(spec: th.IngesterSpec, check: Callable[[dict[str, Any]], bool], what: str,
+                      limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while not check(await asyncio.to_thread(th.ingester_status, spec) or {}):
+        assert time.monotonic() < deadline, f"waited {limit:.0f}s for {what}: {th.ingester_status(spec)}"
+        await asyncio.sleep(0.2)
+
+
+def close_connections(management_url: str, name: str) -> int:
+    """Close, through RabbitMQ's management API, every connection named ``name``; how many there were."""
+    token = base64.b64encode(b"guest:guest").decode()
+
+    def call(method: str, path: str) -> Any:
+        request = urllib.request.Request(management_url.rstrip("/") + path, method=method,
+                                         headers={"Authorization": f"Basic {token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = response.read()
+            return json.loads(body) if body else None
+
+    named = [connection for connection in call("GET", "/api/connections")
+             if connection.get("client_properties", {}).get("connection_name") == name]
+    for connection in named:
+        call("DELETE", f"/api/connections/{urllib.parse.quote(connection['name'], safe='')}")
+    return len(named)
 
 
 def read_text(url: str) -> str:

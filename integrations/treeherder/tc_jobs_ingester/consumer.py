@@ -63,8 +63,10 @@ class Work:
     seconds: float = 0.0
 
 
-def connect(url: str) -> Connection:
-    connection = Connection(url, heartbeat=30, connect_timeout=15, transport_options={"confirm_publish": True})
+def connect(url: str, name: str) -> Connection:
+    """A connection whose publishes wait for the broker's confirm, named for RabbitMQ's connection list."""
+    connection = Connection(url, heartbeat=30, connect_timeout=15, transport_options={
+        "confirm_publish": True, "client_properties": {"connection_name": f"tc_jobs_ingester {name}"}})
     connection.ensure_connection(max_retries=1)
     return connection
 
@@ -142,7 +144,7 @@ class Ingester:
             log.info("stopped: %s", self.metrics.summary())
 
     def _session_loop(self) -> None:
-        connection = connect(self.config.pulse_url)
+        connection = connect(self.config.pulse_url, self.config.name)
         self._session += 1
         try:
             channel = connection.default_channel

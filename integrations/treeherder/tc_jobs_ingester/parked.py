@@ -40,7 +40,7 @@ def _describe(message: amqp.Message) -> dict[str, Any]:
 def list_parked(pulse_url: str, name: str, exchange: str, delays: tuple[float, ...], limit: int = 0,
                 ) -> list[dict[str, Any]]:
     topology = _topology(pulse_url, name, exchange, delays)
-    connection = connect(pulse_url)
+    connection = connect(pulse_url, f"{name} (parked queue)")
     try:
         channel = connection.channel()
         found = []
@@ -57,7 +57,7 @@ def list_parked(pulse_url: str, name: str, exchange: str, delays: tuple[float, .
 
 def redrive(pulse_url: str, name: str, exchange: str, delays: tuple[float, ...], limit: int = 0) -> int:
     topology = _topology(pulse_url, name, exchange, delays)
-    connection = connect(pulse_url)
+    connection = connect(pulse_url, f"{name} (parked queue)")
     moved = 0
     try:
         channel = connection.channel()
