@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 from streams.shared.settings import Settings
 from streams.taskcluster.lookup import QueueLookup
 from streams.taskcluster.queue_client import QueueClient
+from streams.worker.app import Worker
 from tc_treeherder.observability import status as status_module
 from tc_treeherder.observability import status_page
 from tc_treeherder.observability.explain import TASK_ID, explain_task_id
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 class WorkerObservability:
     """What the pages share: the registry, the Kafka readers, the throughput history, the Queue client."""
 
-    worker: Any  # streams.app.Worker
+    worker: Worker
     settings: Settings
     monitor: LagMonitor
     recent: RecentRejections
