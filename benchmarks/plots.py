@@ -74,8 +74,8 @@ def e2e_latency(results: dict[str, Any]) -> Figure | None:
             offsets, values = zip(*run["samples"], strict=True) if run.get("samples") else ((), ())
             axis.scatter(offsets, values, s=4, alpha=0.6, label=f"run {index + 1}")
         figures = latency[rate]
-        axis.set_title(f"{int(rate):,} events/s offered\np50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms",
-                       fontsize=10)
+        axis.set_title(f"{int(rate):,} events/s offered\n"
+                       f"p50 {figures['p50_ms']:,.1f} ms, p99 {figures['p99_ms']:,.1f} ms", fontsize=10)
         axis.set_xlabel("time since the load's first event (s)")
         axis.set_yscale("log")
         axis.grid(True, which="both", alpha=0.3)
@@ -221,7 +221,7 @@ def cpu_per_event(results: dict[str, Any]) -> Figure | None:
     axis.set_xlabel("CPU µs per event, by process (brokers and the benchmark's own harness included)")
     axis.set_xlim(right=max(left) * 1.35)  # room for the legend
     axis.grid(True, axis="x", alpha=0.3)
-    axis.legend(fontsize=8, ncols=4, loc="lower right")
+    axis.legend(fontsize=8, ncols=2, loc="center right")
     axis.set_title(f"CPU per event per process ({_subtitle(results)})\nat low rates the idle "
                    "work of each process (timers, heartbeats, polls) is shared by few events", fontsize=10)
     figure.tight_layout()

@@ -200,8 +200,8 @@ def table(results: dict[str, Any]) -> list[str]:
         for rate, figures in e2e["latency"].items():
             target = f"p99 < {TARGETS['p99_ms_at_1000']:.0f} ms" if rate == "1000" else ""
             ok = figures["p99_ms"] < TARGETS["p99_ms_at_1000"] and figures["complete"] if rate == "1000" else None
-            rows.append((f"end to end @ {int(rate):,}/s offered", f"p50 {figures['p50_ms']} ms",
-                         f"p99 {figures['p99_ms']} ms", target, met(ok)))
+            rows.append((f"end to end @ {int(rate):,}/s offered", f"p50 {figures['p50_ms']:.1f} ms",
+                         f"p99 {figures['p99_ms']:.1f} ms", target, met(ok)))
         rows.append(("end to end, sustained", f"{e2e['sustained_median']:,} events/s", "", "", "-"))
         cpu = e2e["sustained"][0].get("cpu_us_per_event") if e2e["sustained"] else None
         if cpu:
