@@ -27,6 +27,7 @@ matplotlib.use("Agg")  # files only; no display needed
 
 import matplotlib.pyplot as plt  # after the backend is chosen
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 PROCESS_ORDER = ("source", "worker-0", "sink", "kafka", "rabbitmq", "queue-standin", "benchmark")
 COLOURS = {"source": "#4c72b0", "worker-0": "#dd8452", "sink": "#55a868", "kafka": "#8c8c8c",
@@ -63,6 +64,15 @@ def _cdf(axis: Any, values: list[float], label: str, colour: str | None = None) 
         axis.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], label=label, color=colour)
 
 
+def _log_ms(axis: Any, which: str) -> None:
+    """A log axis in ms labelled at 1, 2 and 5 times the powers of ten, as plain numbers."""
+    scale = axis.xaxis if which == "x" else axis.yaxis
+    (axis.set_xscale if which == "x" else axis.set_yscale)("log")
+    scale.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    scale.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}" if value >= 1 else f"{value:g}"))
+    scale.set_minor_formatter(NullFormatter())
+
+
 def e2e_latency(results: dict[str, Any]) -> Figure | None:
     latency = (results.get("e2e") or {}).get("latency") or {}
     rates = [rate for rate, figures in latency.items() if figures["runs"] and figures["runs"][0].get("samples")]
@@ -77,14 +87,14 @@ def e2e_latency(results: dict[str, Any]) -> Figure | None:
         axis.set_title(f"{int(rate):,} events/s offered\n"
                        f"p50 {figures['p50_ms']:,.1f} ms, p99 {figures['p99_ms']:,.1f} ms", fontsize=10)
         axis.set_xlabel("time since the load's first event (s)")
-        axis.set_yscale("log")
+        _log_ms(axis, "y")
         axis.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("latency, event published to job received (ms)")
     distribution = axes[-1]
     for rate in rates:
         values = [value for run in latency[rate]["runs"] for _, value in run.get("samples") or []]
         _cdf(distribution, values, f"{int(rate):,}/s")
-    distribution.set_xscale("log")
+    _log_ms(distribution, "x")
     distribution.set_xlabel("latency (ms)")
     distribution.set_ylabel("fraction of jobs")
     distribution.set_title("distribution per offered rate", fontsize=10)
@@ -107,7 +117,7 @@ def profile(results: dict[str, Any]) -> Figure | None:
     for index, phase in enumerate(phases):
         over_time.axvspan(phase["from_s"], phase["to_s"], color=colours[index % 4], alpha=0.08)
     over_time.scatter(offsets, values, s=3, alpha=0.6, color="#333333", label="jobs (every n-th)")
-    over_time.set_yscale("log")
+    _log_ms(over_time, "y")
     over_time.set_xlabel("time since the first event (s)")
     over_time.set_ylabel("latency (ms)")
     over_time.grid(True, which="both", alpha=0.3)
@@ -126,7 +136,7 @@ def profile(results: dict[str, Any]) -> Figure | None:
         figures = phase["latency_ms"]
         _cdf(distribution, values, f"{phase['name']} {phase['rate']:,.0f}/s: p50 {figures['p50']}, "
              f"p99 {figures['p99']}, max {figures['max']} ms", colours[index % 4])
-    distribution.set_xscale("log")
+    _log_ms(distribution, "x")
     distribution.set_xlabel("latency (ms)")
     distribution.set_ylabel("fraction of jobs")
     distribution.set_title("distribution per phase", fontsize=10)
