@@ -115,7 +115,7 @@ async def _publish(settings: Settings, data: StageData) -> None:
 async def raw_source(settings: Settings, queue_name: str, topic: str, expected: int) -> Rate:
     """aio-pika consume -> aiokafka produce -> ack (multiple) once the batch is confirmed."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
-                                linger_ms=5, max_batch_size=512 * 1024)
+                                linger_ms=1, max_batch_size=512 * 1024)  # the source's settings
     await producer.start()
     connection = await aio_pika.connect(settings.pulse_url)
     inbox: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage] = asyncio.Queue()

@@ -205,7 +205,10 @@ class PulseSource(Connector):
             client_id=self.label,
             acks="all",
             enable_idempotence=True,  # a retried batch is not written twice
-            linger_ms=5,
+            # 1 ms, not 5: a lone record at Firefox CI's 15 events/s waited out the whole linger (p50 end to end
+            # 17 -> 13 ms in the benchmark's profile); under load the producer batches while a request is in
+            # flight, and the source stage's rate did not move (docs/benchmarks.md, "Short loads and bursts").
+            linger_ms=1,
             max_batch_size=512 * 1024,
             max_request_size=max_record_bytes(self.settings) + 1024,
         ))
