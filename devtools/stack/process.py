@@ -10,9 +10,12 @@ import contextlib
 import fcntl
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from devtools.stack import StackError
 
 
 def is_alive(pid: int) -> bool:
@@ -72,3 +75,17 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run_command(command: list[str], timeout: float = 300.0, env: dict[str, str] | None = None,
+                ) -> subprocess.CompletedProcess[str]:
+    """Run a set-up command (apt-get, rabbitmqctl, pg_ctlcluster, manage.py ...), its output captured."""
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+
+
+def require(result: subprocess.CompletedProcess[str], what: str, error: type[Exception] = StackError) -> str:
+    """The command's standard output; ``error`` with the end of its output when it failed."""
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).strip()[-2000:]
+        raise error(f"{what} failed (exit {result.returncode}):\n{output}")
+    return result.stdout

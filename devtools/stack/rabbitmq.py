@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from urllib.parse import urlsplit
 
 from devtools.stack import StackError
 from devtools.stack.probe import amqp_answers, wait_until
-from devtools.stack.process import command_line, file_lock, is_alive, stop_pid
+from devtools.stack.process import command_line, file_lock, is_alive, require, run_command, stop_pid
 
 NODENAME = "rabbit@localhost"
 ETC = Path("/etc/rabbitmq")
@@ -71,15 +70,6 @@ def installed() -> bool:
     return (SBIN / "rabbitmq-server").exists() and (SBIN / "rabbitmqctl").exists()
 
 
-def _run(command: list[str], timeout: float = 300.0, env: dict[str, str] | None = None,
-         ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
-
-
-def _require(result: subprocess.CompletedProcess[str], what: str) -> None:
-    if result.returncode != 0:
-        output = (result.stdout + result.stderr).strip()[-2000:]
-        raise StackError(f"{what} failed (exit {result.returncode}):\n{output}")
 
 
 # rabbitmq-env.conf is sourced by the node's start script (names without the RABBITMQ_ prefix).
@@ -139,8 +129,8 @@ def install(log: Log = _quiet, port: int = 5672) -> None:
     _write_env_conf(port)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     log("installing rabbitmq-server with apt-get (once)")
-    _require(_run(["apt-get", "update", "-q"], env=env), "apt-get update")
-    _require(_run(["apt-get", "install", "-y", "-q", "--no-install-recommends",
+    require(run_command(["apt-get", "update", "-q"], env=env), "apt-get update")
+    require(run_command(["apt-get", "install", "-y", "-q", "--no-install-recommends",
                    "-o", "Dpkg::Options::=--force-confold", "rabbitmq-server"], timeout=900, env=env),
              "apt-get install rabbitmq-server")
 
@@ -153,7 +143,7 @@ def _enable_management(log: Log) -> None:
         log("management plugin not enabled (needs root: rabbitmq-plugins enable rabbitmq_management)")
         return
     log("enabling the RabbitMQ management plugin")
-    _require(_run([str(SBIN / "rabbitmq-plugins"), "enable", "--offline", "rabbitmq_management"], timeout=120),
+    require(run_command([str(SBIN / "rabbitmq-plugins"), "enable", "--offline", "rabbitmq_management"], timeout=120),
              "rabbitmq-plugins enable --offline rabbitmq_management")
 
 
@@ -208,13 +198,13 @@ def start(node: RabbitNode, *, log: Log = _quiet, timeout: float = 90.0) -> str:
         if node_pid() is None:
             _stop_idle_epmd()  # one left by an earlier node keeps its old address; the node starts a new one
             log(f"starting RabbitMQ ({NODENAME}, logs: {LOG_DIR})")
-            _require(_run([str(SBIN / "rabbitmq-server"), "-detached"], timeout=60), "rabbitmq-server -detached")
+            require(run_command([str(SBIN / "rabbitmq-server"), "-detached"], timeout=60), "rabbitmq-server -detached")
         else:
             log("RabbitMQ node is booting; waiting for it")
         if not wait_until(lambda: _answers(node, 1.0), timeout, interval=0.5):
             raise StackError(f"RabbitMQ did not answer on {node.host}:{node.port} within {timeout:.0f}s; "
                              f"see {LOG_DIR}/{NODENAME}.log")
-        _require(_run([str(SBIN / "rabbitmqctl"), "-q", "await_startup", "--timeout", "60"], timeout=90),
+        require(run_command([str(SBIN / "rabbitmqctl"), "-q", "await_startup", "--timeout", "60"], timeout=90),
                  "rabbitmqctl await_startup")
         node.marker.parent.mkdir(parents=True, exist_ok=True)
         node.marker.write_text(f"{node_pid() or ''}\n")
@@ -228,7 +218,7 @@ def stop(node: RabbitNode, timeout: float = 60.0) -> str:
         node.marker.unlink(missing_ok=True)
         if pid is None:
             return "not running"
-        result = _run([str(SBIN / "rabbitmqctl"), "-q", "shutdown", "--timeout", str(int(timeout))],
+        result = run_command([str(SBIN / "rabbitmqctl"), "-q", "shutdown", "--timeout", str(int(timeout))],
                       timeout=timeout + 30)
         killed = not (result.returncode == 0 and not is_alive(pid)) and stop_pid(pid, timeout=15)
         _stop_idle_epmd()
@@ -243,6 +233,6 @@ def _stop_idle_epmd() -> None:
     epmd = shutil.which("epmd")
     if epmd is None:
         return
-    names = _run([epmd, "-names"], timeout=10)
+    names = run_command([epmd, "-names"], timeout=10)
     if names.returncode == 0 and "\nname " not in f"\n{names.stdout}":
-        _run([epmd, "-kill"], timeout=10)
+        run_command([epmd, "-kill"], timeout=10)

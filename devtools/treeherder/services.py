@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devtools.stack.probe import wait_until
-from devtools.stack.process import command_line, file_lock, read_pid, stop_pid
+from devtools.stack.process import command_line, file_lock, read_pid, require, run_command, stop_pid
 from devtools.treeherder import TreeherderError
 
 Log = Callable[[str], None]
@@ -30,16 +30,8 @@ def _quiet(_: str) -> None:
     pass
 
 
-def _run(command: list[str], timeout: float = 120, env: dict[str, str] | None = None,
-         ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False, env=env)
-
-
 def _require(result: subprocess.CompletedProcess[str], what: str) -> str:
-    if result.returncode != 0:
-        output = (result.stdout + result.stderr).strip()[-2000:]
-        raise TreeherderError(f"{what} failed (exit {result.returncode}):\n{output}")
-    return result.stdout
+    return require(result, what, TreeherderError)
 
 
 def apt_install(package: str, why: str, log: Log) -> None:
@@ -52,9 +44,10 @@ def apt_install(package: str, why: str, log: Log) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     log(f"installing {package} with apt-get (once)")
     with file_lock(Path("/tmp/tc-treeherder-apt.lock")):
-        if _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", package], 900, env).returncode != 0:
-            _require(_run(["apt-get", "update", "-q"], 600, env), "apt-get update")
-            _require(_run(["apt-get", "install", "-y", "-q", "--no-install-recommends", package], 900, env),
+        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
+        if run_command(install, 900, env).returncode != 0:
+            _require(run_command(["apt-get", "update", "-q"], 600, env), "apt-get update")
+            _require(run_command(install, 900, env),
                      f"apt-get install {package}")
 
 
@@ -71,7 +64,7 @@ class Cluster:
 
 def clusters() -> list[Cluster]:
     found = []
-    for line in _require(_run(["pg_lsclusters", "--no-header"]), "pg_lsclusters").splitlines():
+    for line in _require(run_command(["pg_lsclusters", "--no-header"]), "pg_lsclusters").splitlines():
         parts = line.split()
         if len(parts) >= 4 and parts[2].isdigit():
             found.append(Cluster(parts[0], parts[1], int(parts[2]), parts[3].startswith("online")))
@@ -83,7 +76,7 @@ def _psql(cluster: Cluster, sql: str, database: str = "postgres") -> str:
                "-c", sql]
     if os.geteuid() == 0:
         command = ["runuser", "-u", "postgres", "--", *command]
-    return _require(_run(command), f"psql: {sql.split()[0]} ...").strip()
+    return _require(run_command(command), f"psql: {sql.split()[0]} ...").strip()
 
 
 def start_postgres(state: Path, log: Log = _quiet) -> tuple[Cluster, str]:
@@ -102,7 +95,7 @@ def start_postgres(state: Path, log: Log = _quiet) -> tuple[Cluster, str]:
         raise TreeherderError(f"Postgres {cluster.version}/{cluster.name} is down and this user cannot start it: "
                               f"run `sudo pg_ctlcluster {cluster.version} {cluster.name} start`.")
     log(f"starting Postgres {cluster.version}/{cluster.name} on port {cluster.port}")
-    _require(_run(["pg_ctlcluster", cluster.version, cluster.name, "start"], 120), "pg_ctlcluster start")
+    _require(run_command(["pg_ctlcluster", cluster.version, cluster.name, "start"], 120), "pg_ctlcluster start")
     state.mkdir(parents=True, exist_ok=True)
     marker.write_text(f"{cluster.version} {cluster.name}\n")
     return Cluster(cluster.version, cluster.name, cluster.port, True), "started"
@@ -114,7 +107,7 @@ def stop_postgres(state: Path) -> str:
         return "not ours"
     version, name = marker.read_text().split()
     marker.unlink()
-    result = _run(["pg_ctlcluster", version, name, "stop"], 120)
+    result = run_command(["pg_ctlcluster", version, name, "stop"], 120)
     return "stopped" if result.returncode == 0 else f"stop failed: {result.stderr.strip()[:200]}"
 
 
@@ -159,7 +152,7 @@ def start_redis(state: Path, port: int, log: Log = _quiet) -> str:
                 return "reused"
         home.mkdir(parents=True, exist_ok=True)
         log(f"starting redis-server on 127.0.0.1:{port}")
-        _require(_run(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--daemonize", "yes",
+        _require(run_command(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--daemonize", "yes",
                        "--pidfile", str(pid_file), "--dir", str(home), "--logfile", str(home / "redis.log"),
                        "--save", "", "--appendonly", "no"]), "redis-server")
         if not wait_until(lambda: redis_answers(port), timeout=20):

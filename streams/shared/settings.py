@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -521,19 +521,27 @@ def _destination_keys(settings: Settings, table: Mapping[str, Any], env: Mapping
     return keys + [prefix for prefix in settings.route_prefixes if prefix not in taken]
 
 
+def _options(raw: Any, section: str, name: str, variable: str, known: Sequence[str],
+             env: Mapping[str, str]) -> tuple[dict[str, Any], str, str]:
+    """The options of ``[<section>.<name>]``, each overridden by ``<variable>_<NAME>_<OPTION>`` when set; an
+    option nothing reads is refused. Returns the options, where they came from and the variables' prefix."""
+    where = f"{section}.{name}"
+    if not isinstance(raw, Mapping):
+        raise SettingsError(f"{where}: expected a table of options, got {type(raw).__name__}")
+    options = dict(raw)
+    prefix = f"{variable}_{_env_key(name)}_"
+    for option in known:
+        if prefix + option.upper() in env:
+            options[option] = env[prefix + option.upper()]
+    extra = set(options) - set(known)
+    if extra:
+        raise SettingsError(f"{where}: unknown keys {sorted(extra)}; known: {', '.join(known)}")
+    return options, where, prefix
+
+
 def _destination(settings: Settings, key: str, raw: Any, env: Mapping[str, str], jobs_pulse_url: str) -> Destination:
     """One destination: its TOML table ``raw`` under its ``TC_TREEHERDER_DESTINATION_<KEY>_...`` variables."""
-    if not isinstance(raw, Mapping):
-        raise SettingsError(f"destinations.{key}: expected a table of options, got {type(raw).__name__}")
-    raw = dict(raw)
-    prefix = f"TC_TREEHERDER_DESTINATION_{_env_key(key)}_"
-    for option in _DESTINATION_OPTIONS:
-        if prefix + option.upper() in env:
-            raw[option] = env[prefix + option.upper()]
-    where = f"destinations.{key}"
-    extra = set(raw) - set(_DESTINATION_OPTIONS)
-    if extra:
-        raise SettingsError(f"{where}: unknown keys {sorted(extra)}; known: {', '.join(_DESTINATION_OPTIONS)}")
+    raw, where, prefix = _options(raw, "destinations", key, "TC_TREEHERDER_DESTINATION", _DESTINATION_OPTIONS, env)
 
     def value(option: str, parser: Callable[[Any], Any], default: Any, expected: str) -> Any:
         if option not in raw:
@@ -603,18 +611,8 @@ def _deployments(settings: Settings, table: Any, env: Mapping[str, str]) -> tupl
         if env.get("TC_TREEHERDER_DEPLOYMENTS", "").strip() else ()
     result = []
     for name in dict.fromkeys([*table, *listed]):
-        raw = table.get(name, {})
-        if not isinstance(raw, Mapping):
-            raise SettingsError(f"deployments.{name}: expected a table of options, got {type(raw).__name__}")
-        raw = dict(raw)
-        prefix = f"TC_TREEHERDER_DEPLOYMENT_{_env_key(name)}_"
-        for option in _DEPLOYMENT_OPTIONS:
-            if prefix + option.upper() in env:
-                raw[option] = env[prefix + option.upper()]
-        where = f"deployments.{name}"
-        extra = set(raw) - set(_DEPLOYMENT_OPTIONS)
-        if extra:
-            raise SettingsError(f"{where}: unknown keys {sorted(extra)}; known: {', '.join(_DEPLOYMENT_OPTIONS)}")
+        raw, where, prefix = _options(table.get(name, {}), "deployments", name, "TC_TREEHERDER_DEPLOYMENT",
+                                      _DEPLOYMENT_OPTIONS, env)
         for option in ("pulse_url", "root_url"):
             if option not in raw:
                 raise SettingsError(f"{where}.{option} ({prefix}{option.upper()}) is required")
