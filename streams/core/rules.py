@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -10,9 +10,6 @@ DEFAULT_PROFILE = "treeherder"
 # The route prefixes Taskcluster deployments use for Treeherder; settings default to these.
 DEFAULT_ROUTE_PREFIXES: tuple[str, ...] = ("tc-treeherder", "tc-treeherder-staging")
 
-
-def _frozen(mapping: Mapping[str, str] | None = None) -> Mapping[str, str]:
-    return MappingProxyType(dict(mapping or {}))
 
 
 @dataclass(frozen=True)
@@ -70,32 +67,21 @@ class Rules:
     """The deployment's choices the transform depends on; everything else comes from the event and the task.
 
     ``destinations`` lists every destination with the prefixes it takes: one prefix may feed several, each
-    getting the job built in its own profile. Without it, each route prefix is one destination, described by
-    the older per-prefix mappings: ``destination_names`` (default: the prefix), ``disabled_prefixes`` (they
-    still claim their tasks, which are then ignored with a reason) and ``destination_profiles`` (default
-    ``treeherder``, the pulse-job form). A prefix no destination takes is a destination of its own name.
+    getting the job built in its own profile. A prefix no destination takes is a destination of its own name,
+    switched on, in the ``treeherder`` (pulse-job) profile. A switched-off destination still claims its tasks,
+    which are then ignored with a reason.
     """
 
     route_prefixes: tuple[str, ...] = DEFAULT_ROUTE_PREFIXES
-    destination_names: Mapping[str, str] = field(default_factory=_frozen)
-    disabled_prefixes: frozenset[str] = frozenset()
-    destination_profiles: Mapping[str, str] = field(default_factory=_frozen)
     destinations: tuple[DestinationRule, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "destination_names", _frozen(self.destination_names))
-        object.__setattr__(self, "disabled_prefixes", frozenset(self.disabled_prefixes))
-        object.__setattr__(self, "destination_profiles", _frozen(self.destination_profiles))
         destinations = tuple(self.destinations)
         prefixes = tuple(self.route_prefixes)
         for rule in destinations:  # a destination's prefixes are prefixes the service answers to
             prefixes += tuple(p for p in rule.route_prefixes if p not in prefixes)
         taken = {p for rule in destinations for p in rule.route_prefixes}
-        destinations += tuple(
-            DestinationRule(self.destination_names.get(p, p), (p,), self.destination_profiles.get(p, DEFAULT_PROFILE),
-                            p not in self.disabled_prefixes)
-            for p in prefixes if p not in taken
-        )
+        destinations += tuple(DestinationRule(p, (p,)) for p in prefixes if p not in taken)
         object.__setattr__(self, "route_prefixes", prefixes)
         object.__setattr__(self, "destinations", destinations)
         targets: dict[str, tuple[DestinationRule, ...]] = {p: () for p in prefixes}
@@ -123,11 +109,11 @@ class Rules:
     def destination(self, prefix: str) -> str:
         """The name of the first destination taking ``prefix`` (the only one, without fan-out)."""
         targets = self.targets(prefix)
-        return targets[0].name if targets else self.destination_names.get(prefix, prefix)
+        return targets[0].name if targets else prefix
 
     def profile(self, prefix: str) -> str:
         targets = self.targets(prefix)
-        return targets[0].profile if targets else self.destination_profiles.get(prefix, DEFAULT_PROFILE)
+        return targets[0].profile if targets else DEFAULT_PROFILE
 
     def named(self, name: str) -> DestinationRule | None:
         return next((rule for rule in self.destinations if rule.name == name), None)

@@ -88,7 +88,7 @@ async def test_why_a_task_does_not_reach_treeherder(task: dict, outcome: str, st
 
 
 async def test_a_disabled_destination_is_named() -> None:
-    rules = Rules(disabled_prefixes=frozenset({"tc-treeherder"}))
+    rules = Rules(destinations=(DestinationRule("tc-treeherder", ("tc-treeherder",), enabled=False),))
     result = await explain_definition(TASK_ID, make_task(), rules, "https://tc.example.com", PREFIX)
     assert not result.reaches_treeherder
     assert "disabled" in result.verdicts[0].reason and "ENABLED" in (result.hint or "")

@@ -101,7 +101,8 @@ def test_a_job_invalid_in_one_profile_is_rejected_for_that_destination_only(monk
 
 def test_todays_configuration_gives_todays_outcomes():
     """One destination per prefix, named after it unless renamed, switched off by prefix: as before fan-out."""
-    rules = Rules(destination_names={"tc-treeherder": "production"}, disabled_prefixes={"tc-treeherder-staging"})
+    rules = Rules(destinations=(DestinationRule("production", ("tc-treeherder",)),
+                         DestinationRule("tc-treeherder-staging", ("tc-treeherder-staging",), enabled=False)))
     jobs = run_transform("pending", task=task_for(), rules=rules)
     assert [(m.destination, m.routing_key) for m in jobs.messages] == [("production", "production.autoland._")]
     assert jobs.declined == ()

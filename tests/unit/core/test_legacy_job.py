@@ -7,10 +7,10 @@ import pytest
 from devtools.factories import REVISION, TASK_UUID, make_artifacts, make_task, parsed
 from streams.core.legacy_job import legacy_job_errors
 from streams.core.model import Jobs, Rejected, Stage
-from streams.core.rules import Rules
+from streams.core.rules import DestinationRule, Rules
 from streams.core.transform import transform
 
-LEGACY = Rules(destination_profiles={"tc-treeherder": "legacy"})
+LEGACY = Rules(destinations=(DestinationRule("tc-treeherder", ("tc-treeherder",), profile="legacy"),))
 LOG = "public/logs/live_backing.log"
 
 
@@ -63,7 +63,8 @@ def test_exception_has_no_log():
 
 
 def test_profile_is_per_destination():
-    rules = Rules(destination_profiles={"tc-treeherder-staging": "legacy"})
+    staging_legacy = DestinationRule("tc-treeherder-staging", ("tc-treeherder-staging",), profile="legacy")
+    rules = Rules(destinations=(staging_legacy,))
     production = legacy_job(rules=rules)
     staging = legacy_job(route=f"tc-treeherder-staging.v2.try.{REVISION}.7", rules=rules)
     assert "kind" not in production.job["origin"]

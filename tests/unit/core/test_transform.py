@@ -21,7 +21,7 @@ from devtools.factories import (
     parsed,
 )
 from streams.core.model import Ignored, Jobs, ListingFailed, Rejected, Stage
-from streams.core.rules import Rules
+from streams.core.rules import DestinationRule, Rules
 from streams.core.transform import artifacts_run, preflight, transform
 from streams.core.validation import job_check
 
@@ -244,7 +244,7 @@ def test_staging_prefix_goes_to_the_staging_destination():
 
 
 def test_destination_names_come_from_the_rules():
-    rules = Rules(destination_names={"tc-treeherder": "prod"})
+    rules = Rules(destinations=(DestinationRule("prod", ("tc-treeherder",)),))
     (message,) = run_transform("pending", rules=rules).messages
     assert (message.destination, message.routing_key) == ("prod", "prod.autoland._")
 
@@ -289,7 +289,8 @@ def test_malformed_routes_are_rejected_not_crashed_on(route):
 
 
 def test_a_disabled_destination_ignores_its_tasks():
-    outcome = run_transform("pending", rules=Rules(disabled_prefixes=frozenset({"tc-treeherder"})))
+    switched_off = Rules(destinations=(DestinationRule("tc-treeherder", ("tc-treeherder",), enabled=False),))
+    outcome = run_transform("pending", rules=switched_off)
     assert isinstance(outcome, Ignored) and "disabled" in outcome.reason
 
 
