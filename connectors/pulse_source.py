@@ -18,6 +18,7 @@ the in-flight window (at most ``source_prefetch`` messages per failure), and it 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 from collections import Counter
@@ -466,16 +467,16 @@ async def queue_bindings(settings: Settings, queue: str) -> list[tuple[str, str]
     if base is None:
         return None
     parts = urlsplit(settings.pulse_url)
-    auth = None
     if urlsplit(base).hostname == urlsplit(PULSE_GUARDIAN_URL).hostname:
-        url = f"{base}queue/{queue}/bindings"
+        url, headers = f"{base}queue/{queue}/bindings", {}
     else:  # a RabbitMQ management API, with the Pulse URL's credentials
         vhost = unquote(parts.path[1:]) or "/"
         url = f"{base}api/queues/{quote(vhost, safe='')}/{quote(queue, safe='')}/bindings"
-        auth = aiohttp.BasicAuth(unquote(parts.username or "guest"), unquote(parts.password or "guest"))
+        login = f"{unquote(parts.username or 'guest')}:{unquote(parts.password or 'guest')}"
+        headers = {"Authorization": "Basic " + base64.b64encode(login.encode()).decode("ascii")}
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http, \
-                http.get(url, auth=auth) as response:
+                http.get(url, headers=headers) as response:
             response.raise_for_status()
             data = await response.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError) as error:
