@@ -14,6 +14,7 @@ had (a job that an earlier pass missed may arrive after its run's later states; 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import itertools
 import time
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import KafkaError
@@ -36,6 +38,7 @@ from devtools.harness import (
 from devtools.publisher import PulsePublisher, publish_workload
 from devtools.queue_standin import QueueStandIn
 from devtools.workload import WorkloadOptions, iter_groups
+from streams.shared.records import decode_job_record
 from streams.shared.settings import Settings, load_settings
 from streams.shared.topics import TABLES, changelog_topic, ensure_topics
 
@@ -102,6 +105,45 @@ async def wait_ready(pipeline: LocalPipeline, *names: str, limit: float = 90.0) 
             return
         await asyncio.sleep(0.5)
     raise AssertionError(f"workers {names} not ready: {pipeline.log_tail(names[-1])}")
+
+
+async def jobs_topic_history(settings: Settings, runs: set[str]) -> dict[str, list[str]]:
+    """For a failure's message: each run's records in the jobs topic, in order, with when Kafka took them and
+    the task event each came from. A run that steps back here was emitted twice by the workers; one that steps
+    back only on the exchange was published twice by the sink."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    history: dict[str, list[str]] = {run: [] for run in runs}
+    try:
+        topic = settings.topic("jobs")
+        tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        unread = {tp: end for tp, end in (await consumer.end_offsets(tps)).items() if end}
+        deadline = time.monotonic() + 60
+        while unread and time.monotonic() < deadline:
+            for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
+                if records and records[-1].offset + 1 >= unread.get(tp, 0):
+                    unread.pop(tp, None)
+                for record in records:
+                    job = decode_job_record(record.value)
+                    run = f"{job.destination}/{job.job.get('taskId')}"
+                    if run in history:
+                        at = datetime.datetime.fromtimestamp(record.timestamp / 1000, datetime.UTC).time()
+                        history[run].append(f"{job.job.get('state')} @{record.partition}:{record.offset} {at} "
+                                            f"from task-events {job.source_partition}:{job.source_offset}")
+    finally:
+        await consumer.stop()
+    return history
+
+
+def rebalance_lines(pipeline: LocalPipeline) -> list[str]:
+    """The workers' log lines about the group: rebalances, commits that failed, leaving."""
+    marks = ("Revoking", "generation", "Heartbeat", "Commit", "left the group", "Stopping", "Seek stream")
+    return [f"{name}: {line}" for name in ("worker-0", "worker-1", "worker-2")
+            if pipeline.processes[name].log_path.exists()
+            for line in pipeline.processes[name].log_path.read_text(errors="replace").splitlines()
+            if any(mark in line for mark in marks)]
 
 
 def _stall_after(observer: JobObserver, began: float, until: float | None = None) -> float:
@@ -183,4 +225,10 @@ async def test_adding_and_removing_workers_mid_stream_loses_and_reorders_nothing
     # Faust's consumer can skip a record around a rebalance and a later owner read it again; the state guard
     # then lets its job out after the run's later states (streams/core/state_guard.py) rather than lose it. Such a
     # late job is the only step back allowed: never a state the exchange had already seen.
-    assert result.backward_steps == result.late_jobs, f"a run went back to a state it had: {result.examples}"
+    if result.backward_steps != result.late_jobs:
+        runs = {example.split(":")[0] for example in result.examples}
+        history = await jobs_topic_history(settings, runs)
+        details = "\n".join(f"{run}:\n  " + "\n  ".join(lines) for run, lines in history.items())
+        raise AssertionError(f"{result.backward_steps - result.late_jobs} runs went back to a state they had: "
+                             f"{result.examples}\nin the jobs topic:\n{details}\nthe workers' group:\n"
+                             + "\n".join(rebalance_lines(pipeline)))
