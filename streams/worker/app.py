@@ -30,7 +30,7 @@ from streams.shared.topics import TABLES
 from streams.taskcluster.queue_client import QueueClient
 from streams.worker.batch_pipeline import BatchPipeline
 from streams.worker.gaps import OffsetWatch
-from streams.worker.membership import heartbeat_interval, leave_when_closing
+from streams.worker.membership import WorkerApp, heartbeat_interval, leave_when_closing
 from streams.worker.processor import EventProcessor, RetryPolicy, SourceEvent
 from streams.worker.tables import (
     BatchWrites,
@@ -58,12 +58,12 @@ IN_FLIGHT = 2  # batches prepared ahead of the one waiting for Kafka's confirmat
 BATCH_LINGER = 0.01
 
 
-def faust_app(settings: Settings) -> faust.App:
+def faust_app(settings: Settings) -> WorkerApp:
     """The Faust app with the settings every worker needs: explicit partitions, acks from all replicas, one
     standby replica of each table, static membership when ``TC_TREEHERDER_WORKER_ID`` is set, and a short
     session with frequent heartbeats so that a change of the group holds partitions up for seconds, not a
     minute (``streams.worker.membership``)."""
-    return faust.App(
+    return WorkerApp(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
         broker_credentials=faust_broker_credentials(settings),

@@ -19,10 +19,18 @@ that time:
   removes the member, static or not, and the group rebalances at once. A restart under the same id then
   joins as a new member: two quick rebalances instead of one long silence.
 
-``streams.worker.app.faust_app`` sets the first two; ``Worker`` connects ``leave_when_closing`` to the app's
-assignments. The leave reaches into aiokafka 0.14's coordinator (``_coordinator``, ``_maybe_leave_group``,
-``_send_req``; tests/unit/test_membership.py): if a later aiokafka moves them, ``_coordinator`` finds nothing
-and the worker falls back to the session timeout.
+- **Finishing before leaving.** When partitions are revoked, Faust waits until the events the worker holds are
+  acknowledged, so their jobs, guard entries and offsets are in Kafka before another worker takes the
+  partitions over. A worker that is already stopping when a rebalance begins skips that wait and closes its
+  consumer: the group moved on while the worker still finished its batches, and the new owner read the
+  same events again without the guard entries the old owner wrote late (a run went pending, running,
+  completed, then pending, running, completed again). ``WorkerApp`` makes a stopping worker wait as a running
+  one does; the group waits for it as it would for any member, up to the rebalance timeout.
+
+``streams.worker.app.faust_app`` builds a ``WorkerApp`` and sets the first two; ``Worker`` connects
+``leave_when_closing`` to the app's assignments. The leave reaches into aiokafka 0.14's coordinator
+(``_coordinator``, ``_maybe_leave_group``, ``_send_req``; tests/unit/test_membership.py): if a later aiokafka
+moves them, ``_coordinator`` finds nothing and the worker falls back to the session timeout.
 """
 
 from __future__ import annotations
@@ -34,8 +42,18 @@ import faust
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.group import LeaveGroupRequest
+from faust.types import TP
 
 log = logging.getLogger(__name__)
+
+
+class WorkerApp(faust.App):
+    """Faust's app, except that a rebalance arriving while the worker stops waits for the events in hand."""
+
+    async def _on_partitions_revoked(self, revoked: set[TP]) -> None:
+        if self.should_stop and self._consumer is not None:
+            await self._consumer.wait_empty()  # as Faust does for a worker that is not stopping
+        await super()._on_partitions_revoked(revoked)
 
 
 def heartbeat_interval(session_timeout: float) -> float:

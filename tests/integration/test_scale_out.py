@@ -217,7 +217,8 @@ async def test_adding_and_removing_workers_mid_stream_loses_and_reorders_nothing
 
     assert joined_at < left_at < wanted, "the join and the leave both happened while jobs were flowing"
     stalls = {"join": _stall_after(observer, join_began, leave_began), "leave": _stall_after(observer, leave_began)}
-    print(f"longest time without a job: after the join {stalls['join']:.1f}s, after the leave {stalls['leave']:.1f}s")
+    print(f"longest time without a job: after the join {stalls['join']:.1f}s, after the leave {stalls['leave']:.1f}s; "
+          f"{result.duplicates} duplicates, {result.late_jobs} late jobs")
     assert result.unexpected == 0
     assert pipeline.processes["worker-0"].process.returncode == 0, pipeline.log_tail("worker-0")
     assert result.lost == 0, f"{result.lost} of {result.expected_jobs} jobs lost: {result.examples}"
