@@ -12,7 +12,9 @@ position and reads again from there once reconnected, publishing again only what
 confirmed (``Resend``). A run has at most one unconfirmed message at a time (the next waits for its confirm),
 so what is published again is never older than what the exchange already has of that run. A job is published
 twice only if it was unconfirmed when the connection failed (at most ``sink_max_in_flight`` per destination
-and failure). A killed sink remembers nothing and publishes its window again.
+and failure). A killed sink remembers nothing and publishes its window again. Sinks of one destination share
+its consumer group; before a rebalance moves partitions, a loop stops dispatching, waits for its confirms and
+commits (``DestinationLoop.hand_over``), so the next owner does not publish again what is there.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ COMMIT_INTERVAL = 0.5  # seconds between offset commits while records flow
 SESSION_TIMEOUT_MS = 6000
 HEARTBEAT_INTERVAL_MS = 1000
 STOP_GRACE = 15.0  # seconds a stopping loop waits for outstanding confirms before it gives up on them
+# Seconds a loop whose partitions are revoked waits for its outstanding confirms; the group waits meanwhile.
+HANDOVER_GRACE = 5.0
 SINK_STAGE = "sink"
 ROOT_URL_HEADER = "taskcluster-root-url"  # the job's Taskcluster deployment, for a Treeherder that takes several
 
@@ -151,12 +155,7 @@ class Resend:
 
     def failed(self) -> None:
         """The session failed: its confirms vouch for the records read again."""
-        for tp, confirmed in self._confirmed.items():
-            if not confirmed:
-                continue
-            earlier, earlier_end = self._replay.get(tp, (set(), 0))  # failed again while reading again
-            self._replay[tp] = (confirmed | earlier, max(max(confirmed) + 1, earlier_end))
-        self._confirmed.clear()
+        self.set_aside(list(self._confirmed))
 
     def vouched(self, tp: TopicPartition, offset: int) -> bool:
         """True when the record at ``offset`` was confirmed in a failed session: not published again."""
@@ -169,10 +168,20 @@ class Resend:
             return False
         return offset in confirmed
 
-    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+    def set_aside(self, partitions: Iterable[TopicPartition]) -> None:
+        """The partitions change hands: should they come back, their confirms vouch for what is read again."""
         for tp in partitions:
-            self._confirmed.pop(tp, None)
-            self._replay.pop(tp, None)
+            confirmed = self._confirmed.pop(tp, None)
+            if confirmed:
+                earlier, earlier_end = self._replay.get(tp, (set(), 0))
+                self._replay[tp] = (confirmed | earlier, max(max(confirmed) + 1, earlier_end))
+
+    def keep_only(self, partitions: Iterable[TopicPartition]) -> None:
+        """Forget what was set aside for partitions that went to another sink."""
+        kept = set(partitions)
+        for table in (self._confirmed, self._replay):
+            for tp in [tp for tp in table if tp not in kept]:
+                del table[tp]
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -180,13 +189,11 @@ class _Rebalance(ConsumerRebalanceListener):
         self.loop = loop
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self.loop.commit()  # keep what is confirmed; the rest is published again by the new owner
-        self.loop.tracker.forget(revoked)
-        self.loop.resend.forget(revoked)
+        await self.loop.hand_over(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.loop.tracker.forget(assigned)
-        self.loop.resend.forget(assigned)
+        self.loop.resend.keep_only(assigned)
 
 
 class DestinationLoop:
@@ -205,6 +212,7 @@ class DestinationLoop:
         self._failure: BaseException | None = None
         self._failed = asyncio.Event()
         self._slots = asyncio.Semaphore(sink.settings.sink_max_in_flight)
+        self._epoch = 0  # moves on when partitions are revoked: records fetched before are not dispatched
 
     async def run(self) -> None:
         settings = self.sink.settings
@@ -269,9 +277,13 @@ class DestinationLoop:
             if self._failure is not None or channel.is_closed:
                 raise SessionLost(f"publishing failed: {self._failure!r}")
             batch = await self._consumer.getmany(timeout_ms=200, max_records=max_records)
+            epoch = self._epoch  # a batch belongs to the assignment it was returned under
             for tp, messages in batch.items():
                 for message in messages:
-                    if not await self._take_slot():
+                    if self._epoch != epoch or not await self._take_slot():
+                        break
+                    if self._epoch != epoch:  # revoked while waiting for room: read again from the commit
+                        self._slots.release()
                         break
                     self._dispatch(exchange, tp, message.offset, message.value)
             if loop.time() >= next_commit:
@@ -392,10 +404,23 @@ class DestinationLoop:
                 self._consumer.seek(tp, position)
         self.tracker.forget(assignment)
 
+    async def hand_over(self, revoked: list[TopicPartition]) -> None:
+        """Before the group gives ``revoked`` to a sink (this one or another): dispatch nothing more of what was
+        fetched, let the publishes in flight end, and commit what is confirmed, so the next owner reads on from
+        there instead of publishing again what the exchange already has."""
+        self._epoch += 1
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=HANDOVER_GRACE)
+        await self.commit()
+        self.resend.set_aside(revoked)
+        self.tracker.forget(revoked)
+
     async def commit(self) -> None:
         if self._consumer is None:
             return
-        offsets = self.tracker.to_commit()
+        assigned = self._consumer.assignment()
+        # A partition the consumer no longer holds would make Kafka refuse the whole commit.
+        offsets = {tp: offset for tp, offset in self.tracker.to_commit().items() if tp in assigned}
         if not offsets:
             return
         try:

@@ -85,9 +85,9 @@ class ManagedProcess:
 
 
 class LocalPipeline:
-    """The source, ``workers`` workers and the sink as real processes sharing one set of settings."""
+    """The source, ``workers`` workers and ``sinks`` sinks as real processes sharing one set of settings."""
 
-    def __init__(self, env: Mapping[str, str], log_dir: Path, *, workers: int = 1,
+    def __init__(self, env: Mapping[str, str], log_dir: Path, *, workers: int = 1, sinks: int = 1,
                  extra_args: Mapping[str, list[str]] | None = None) -> None:
         self.log_dir = log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -103,6 +103,8 @@ class LocalPipeline:
                 worker_env["TC_TREEHERDER_WEB_PORT"] = str(int(base["TC_TREEHERDER_WEB_PORT"]) + index)
             self._add(f"worker-{index}", worker_env, extra_args.get("worker", []), command="worker")
         self._add("sink", base, extra_args.get("sink", []))
+        for index in range(1, sinks):  # more sinks share each destination's consumer group
+            self._add(f"sink-{index}", base, extra_args.get("sink", []), command="sink")
 
     def _add(self, name: str, env: dict[str, str], extra: list[str], command: str | None = None) -> None:
         argv = [sys.executable, "-m", "tc_treeherder.cli", command or name, *extra]

@@ -38,6 +38,17 @@ def test_confirms_below_a_commit_are_forgotten_and_a_second_failure_keeps_the_fi
     assert resend.vouched(TP, 9)
 
 
+def test_a_partition_that_comes_back_after_a_rebalance_is_not_published_again() -> None:
+    other = TopicPartition("jobs", 1)
+    resend = Resend()
+    resend.confirmed(TP, 4)
+    resend.confirmed(other, 8)
+    resend.set_aside([TP, other])  # both revoked; only TP comes back to this sink
+    resend.keep_only([TP])
+    assert resend.vouched(TP, 4)
+    assert not resend.vouched(other, 8)  # read by another sink now, and from its own commit
+
+
 class Exchange:
     """Publishes only when the test says: each publish waits for its own future."""
 
