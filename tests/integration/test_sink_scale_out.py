@@ -34,7 +34,7 @@ from streams.shared.topics import ensure_topics, sink_group
 
 PARTITIONS = 4
 EVENTS = 6000
-RATE = 400.0  # events/s: about 15 s of stream, long enough for a join and a leave
+RATE = 400.0  # events/s
 
 
 @pytest.fixture
@@ -85,17 +85,28 @@ async def test_a_sink_joining_and_leaving_mid_stream_sends_no_run_back(
             pipeline.log_tail("source")
         await wait_group_size(settings, 1)
 
+        joined, left = asyncio.Event(), asyncio.Event()
+
         async def publish() -> None:
+            """The workload in three parts: the second waits for the join, the third for the leave, so both
+            happen while jobs flow however long the second sink takes to start."""
+            half, three_quarters = len(groups) // 2, len(groups) * 3 // 4
+            parts = [groups[:half], groups[half:three_quarters], groups[three_quarters:]]
             async with PulsePublisher(settings.pulse_url, settings.task_exchange) as publisher:
-                await publish_workload(groups, publisher, InProcessRegistrar(standin), rate=RATE)  # type: ignore[arg-type]
+                for part, after in zip(parts, (None, joined, left), strict=True):
+                    if after is not None:
+                        await after.wait()
+                    await publish_workload(part, publisher, InProcessRegistrar(standin), rate=RATE)  # type: ignore[arg-type]
 
         publishing = asyncio.ensure_future(publish())
-        assert await observer.wait_for(wanted // 4, idle=60, limit=120), pipeline.log_tail("sink")
+        assert await observer.wait_for(wanted // 5, idle=60, limit=120), pipeline.log_tail("sink")
         pipeline.start("sink-1")
         await wait_group_size(settings, 2)
+        joined.set()
         joined_at = observer.received
-        assert await observer.wait_for(joined_at + wanted // 5, idle=60, limit=120), pipeline.log_tail("sink-1")
+        assert await observer.wait_for(joined_at + wanted // 8, idle=60, limit=120), pipeline.log_tail("sink-1")
         await asyncio.to_thread(pipeline.stop, "sink-1")
+        left.set()
         left_at = observer.received
         await publishing
         result = await wait_settled(observer, expected, idle=60, limit=300)

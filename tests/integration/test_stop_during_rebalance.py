@@ -49,7 +49,9 @@ def spread(per_partition: int) -> list[str]:
 
 EARLY = spread(2)  # pending before the stop; running and completed in the slow batch
 LATE = spread(1)  # first seen in the slow batch: their definitions take QUEUE_DELAY
-QUEUE_DELAY = 8.0  # longer than the second worker takes from its start to its join
+# Longer than the second worker takes from its start to its join (about 2 s), shorter than the Queue client's
+# timeout (10 s), after which the batch would wait for retries instead.
+QUEUE_DELAY = 8.0
 
 
 @pytest.fixture
