@@ -29,6 +29,8 @@ import slugid
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from devtools.publisher import PulsePublisher, publish_workload
+from devtools.workload import WorkloadOptions, iter_groups
 from streams.core.state_guard import STATE_RANK
 from streams.shared.kafka_config import kafka_client_kwargs
 from streams.shared.settings import Settings
@@ -267,6 +269,39 @@ class JobObserver:
             with contextlib.suppress(aio_pika.exceptions.AMQPError, OSError):
                 await connection.close()
         self._connections.clear()
+
+
+@dataclass(frozen=True)
+class StagedWorkload:
+    """A simulated workload for tests that change the running processes while jobs flow (a worker or a sink
+    joins, then leaves): its task groups, the oracle's expected runs and the number of job messages expected.
+
+    ``publish`` sends half of it at once and the other half in equal parts, each once its gate is set, so each
+    change happens while jobs flow however long a process takes to start on a busy machine.
+    """
+
+    groups: list[Any]
+    expected: list[Any]
+    wanted: int
+
+    @classmethod
+    def simulate(cls, settings: Settings, root_url: str, *, events: int, seed: int) -> StagedWorkload:
+        options = WorkloadOptions(tasks=10**9, events=events, seed=seed, root_url=root_url,
+                                  task_exchange=settings.task_exchange)
+        groups = list(iter_groups(options))
+        expected = [run for group in groups for task in group.tasks for run in task.expected]
+        return cls(groups, expected, expected_job_count(expected))
+
+    async def publish(self, settings: Settings, standin: Any, *, rate: float, gates: list[asyncio.Event]) -> None:
+        half = len(self.groups) // 2
+        rest = len(self.groups) - half
+        bounds = [0, half, *(half + rest * (index + 1) // len(gates) for index in range(len(gates)))]
+        async with PulsePublisher(settings.pulse_url, settings.task_exchange) as publisher:
+            for index, gate in enumerate((None, *gates)):
+                if gate is not None:
+                    await gate.wait()
+                await publish_workload(self.groups[bounds[index]:bounds[index + 1]], publisher,
+                                       InProcessRegistrar(standin), rate=rate)  # type: ignore[arg-type]
 
 
 class InProcessRegistrar:

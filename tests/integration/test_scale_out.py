@@ -19,7 +19,6 @@ import itertools
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -27,17 +26,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import KafkaError
 
-from devtools.harness import (
-    InProcessRegistrar,
-    JobObserver,
-    LocalPipeline,
-    expected_job_count,
-    wait_for_consumer,
-    wait_settled,
-)
-from devtools.publisher import PulsePublisher, publish_workload
+from devtools.harness import JobObserver, LocalPipeline, StagedWorkload, wait_for_consumer, wait_settled
 from devtools.queue_standin import QueueStandIn
-from devtools.workload import WorkloadOptions, iter_groups
 from streams.shared.records import decode_job_record
 from streams.shared.settings import Settings, load_settings
 from streams.shared.topics import TABLES, changelog_topic, ensure_topics
@@ -159,11 +149,8 @@ async def test_adding_and_removing_workers_mid_stream_loses_and_reorders_nothing
            "TC_TREEHERDER_PARTITIONS": str(PARTITIONS)}
     settings = load_settings(env=env)
     await ensure_topics(settings)
-    options = WorkloadOptions(tasks=10**9, events=EVENTS, seed=31, root_url=standin.root_url,
-                              task_exchange=settings.task_exchange)
-    groups = list(iter_groups(options))
-    expected: list[Any] = [run for group in groups for task in group.tasks for run in task.expected]
-    wanted = expected_job_count(expected)
+    workload = StagedWorkload.simulate(settings, standin.root_url, events=EVENTS, seed=31)
+    wanted = workload.wanted
 
     pipeline = LocalPipeline(env, tmp_path / "logs", workers=3)
     observer = JobObserver(settings)
@@ -177,18 +164,7 @@ async def test_adding_and_removing_workers_mid_stream_loses_and_reorders_nothing
         await wait_ready(pipeline, "worker-0", "worker-1")
 
         joined, left = asyncio.Event(), asyncio.Event()
-
-        async def publish() -> None:
-            """The workload in three parts: the second waits for the join, the third for the leave."""
-            half, three_quarters = len(groups) // 2, len(groups) * 3 // 4
-            parts = [groups[:half], groups[half:three_quarters], groups[three_quarters:]]
-            async with PulsePublisher(settings.pulse_url, settings.task_exchange) as publisher:
-                for part, after in zip(parts, (None, joined, left), strict=True):
-                    if after is not None:
-                        await after.wait()
-                    await publish_workload(part, publisher, InProcessRegistrar(standin), rate=RATE)  # type: ignore[arg-type]
-
-        publishing = asyncio.ensure_future(publish())
+        publishing = asyncio.ensure_future(workload.publish(settings, standin, rate=RATE, gates=[joined, left]))
         assert await observer.wait_for(wanted // 5, idle=60, limit=120), pipeline.log_tail("worker-1")
         join_began = time.monotonic()
         pipeline.start("worker-2")
@@ -208,7 +184,7 @@ async def test_adding_and_removing_workers_mid_stream_loses_and_reorders_nothing
         left_at = observer.received
         await publishing
 
-        result = await wait_settled(observer, expected, idle=60, limit=300)
+        result = await wait_settled(observer, workload.expected, idle=60, limit=300)
     finally:
         if publishing is not None:
             publishing.cancel()  # a failed step leaves it waiting for a join or leave that will not come

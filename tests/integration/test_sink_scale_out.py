@@ -12,23 +12,13 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from devtools.harness import (
-    InProcessRegistrar,
-    JobObserver,
-    LocalPipeline,
-    expected_job_count,
-    wait_for_consumer,
-    wait_settled,
-)
-from devtools.publisher import PulsePublisher, publish_workload
+from devtools.harness import JobObserver, LocalPipeline, StagedWorkload, wait_for_consumer, wait_settled
 from devtools.queue_standin import QueueStandIn
-from devtools.workload import WorkloadOptions, iter_groups
 from streams.shared.settings import Settings, load_settings
 from streams.shared.topics import ensure_topics, sink_group
 
@@ -69,11 +59,8 @@ async def test_a_sink_joining_and_leaving_mid_stream_sends_no_run_back(
     env = {**test_env, "TASKCLUSTER_ROOT_URL": standin.root_url, "TC_TREEHERDER_PARTITIONS": str(PARTITIONS)}
     settings = load_settings(env=env)
     await ensure_topics(settings)
-    options = WorkloadOptions(tasks=10**9, events=EVENTS, seed=47, root_url=standin.root_url,
-                              task_exchange=settings.task_exchange)
-    groups = list(iter_groups(options))
-    expected: list[Any] = [run for group in groups for task in group.tasks for run in task.expected]
-    wanted = expected_job_count(expected)
+    workload = StagedWorkload.simulate(settings, standin.root_url, events=EVENTS, seed=47)
+    wanted = workload.wanted
 
     pipeline = LocalPipeline(env, tmp_path / "logs", sinks=2)
     observer = JobObserver(settings)
@@ -86,19 +73,7 @@ async def test_a_sink_joining_and_leaving_mid_stream_sends_no_run_back(
         await wait_group_size(settings, 1)
 
         joined, left = asyncio.Event(), asyncio.Event()
-
-        async def publish() -> None:
-            """The workload in three parts: the second waits for the join, the third for the leave, so both
-            happen while jobs flow however long the second sink takes to start."""
-            half, three_quarters = len(groups) // 2, len(groups) * 3 // 4
-            parts = [groups[:half], groups[half:three_quarters], groups[three_quarters:]]
-            async with PulsePublisher(settings.pulse_url, settings.task_exchange) as publisher:
-                for part, after in zip(parts, (None, joined, left), strict=True):
-                    if after is not None:
-                        await after.wait()
-                    await publish_workload(part, publisher, InProcessRegistrar(standin), rate=RATE)  # type: ignore[arg-type]
-
-        publishing = asyncio.ensure_future(publish())
+        publishing = asyncio.ensure_future(workload.publish(settings, standin, rate=RATE, gates=[joined, left]))
         assert await observer.wait_for(wanted // 5, idle=60, limit=120), pipeline.log_tail("sink")
         pipeline.start("sink-1")
         await wait_group_size(settings, 2)
@@ -109,7 +84,7 @@ async def test_a_sink_joining_and_leaving_mid_stream_sends_no_run_back(
         left.set()
         left_at = observer.received
         await publishing
-        result = await wait_settled(observer, expected, idle=60, limit=300)
+        result = await wait_settled(observer, workload.expected, idle=60, limit=300)
     finally:
         if publishing is not None:
             publishing.cancel()
