@@ -30,7 +30,8 @@ that time:
 ``streams.worker.app.faust_app`` builds a ``WorkerApp`` and sets the first two; ``Worker`` connects
 ``leave_when_closing`` to the app's assignments. The leave reaches into aiokafka 0.14's coordinator
 (``_coordinator``, ``_maybe_leave_group``, ``_send_req``; tests/unit/test_membership.py): if a later aiokafka
-moves them, ``_coordinator`` finds nothing and the worker falls back to the session timeout.
+moves them, ``_coordinator`` finds nothing and the worker falls back to the session timeout. ``WorkerApp``
+overrides Faust 0.15's ``App._on_partitions_revoked``; tests/unit/test_membership.py fails if Faust renames it.
 """
 
 from __future__ import annotations

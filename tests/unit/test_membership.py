@@ -1,10 +1,14 @@
-"""A worker leaves its group when it stops cleanly, static member or not (streams/worker/membership.py)."""
+"""A worker leaves its group when it stops cleanly, static member or not, and finishes its events in hand first
+(streams/worker/membership.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from streams.worker.membership import heartbeat_interval, leave_on_close
+import faust
+import pytest
+
+from streams.worker.membership import WorkerApp, heartbeat_interval, leave_on_close
 
 
 class Coordinator:
@@ -48,3 +52,30 @@ async def test_a_member_that_never_joined_sends_nothing() -> None:
 
 def test_heartbeats_come_six_times_a_session() -> None:
     assert heartbeat_interval(6.0) == 1.0
+
+
+class Consumer:
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    async def wait_empty(self) -> None:
+        self.calls.append("events in hand acknowledged")
+
+
+async def test_a_stopping_worker_finishes_its_events_before_faust_hands_its_partitions_over(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    async def faust_revocation(app: faust.App, revoked: set[Any]) -> None:
+        calls.append("faust: stopping, so it closes the consumer")
+
+    monkeypatch.setattr(faust.App, "_on_partitions_revoked", faust_revocation)
+    app = WorkerApp("membership-test")
+    app._consumer = Consumer(calls)  # type: ignore[assignment]
+    await app._on_partitions_revoked(set())
+    assert calls == ["faust: stopping, so it closes the consumer"]  # running: Faust waits by itself
+
+    calls.clear()
+    app._stopped.set()
+    await app._on_partitions_revoked(set())
+    assert calls == ["events in hand acknowledged", "faust: stopping, so it closes the consumer"]
