@@ -1,9 +1,9 @@
 """A worker stopped while its group rebalances finishes the batch in hand before the group moves on.
 
 Faust waits for the events a worker holds when its partitions are revoked, except when the worker is already
-stopping: it then closed its consumer at once, the group handed the partitions over while the worker still
-finished its batch, and the worker hung in a commit its closed consumer could not make until it was killed
-(and a killed worker's unsettled jobs are sent again behind their runs' later states).
+stopping: it then closed its consumer at once and the group handed the partitions over while the worker still
+finished its batch. Either the new owner read that batch again and sent its runs back behind their later
+states, or the stopping worker hung in a commit its closed consumer could not make until it was killed.
 ``streams.worker.membership.WorkerApp`` makes a stopping worker wait like a running one.
 
 The batch in hand is made slow on purpose: the Queue stand-in answers task lookups after a delay. The first
