@@ -280,24 +280,25 @@ class DestinationLoop:
             epoch = self._epoch  # a batch belongs to the assignment it was returned under
             for tp, messages in batch.items():
                 for message in messages:
-                    if self._epoch != epoch or not await self._take_slot():
-                        break
-                    if self._epoch != epoch:  # revoked while waiting for room: read again from the commit
-                        self._slots.release()
+                    if not await self._take_slot(epoch):
                         break
                     self._dispatch(exchange, tp, message.offset, message.value)
             if loop.time() >= next_commit:
                 await self.commit()
                 next_commit = loop.time() + COMMIT_INTERVAL
 
-    async def _take_slot(self) -> bool:
-        """Wait for room in the in-flight window; False when the session must end instead."""
-        while self._failure is None:
+    async def _take_slot(self, epoch: int) -> bool:
+        """Wait for room in the in-flight window; False when the session must end instead, or when partitions
+        were revoked since the batch in hand was fetched (its rest is read again from the commit)."""
+        while self._failure is None and self._epoch == epoch:
             try:
                 await asyncio.wait_for(self._slots.acquire(), 1.0)
-                return True
             except TimeoutError:
                 await self.commit()  # confirms are slow: let what did confirm count
+                continue
+            if self._epoch == epoch:
+                return True
+            self._slots.release()
         return False
 
     def _dispatch(self, exchange: AbstractExchange, tp: TopicPartition, offset: int, value: bytes | None) -> None:

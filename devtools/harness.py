@@ -27,6 +27,7 @@ import aio_pika
 import orjson
 import slugid
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import KafkaError
 
 from devtools.publisher import PulsePublisher, publish_workload
@@ -269,6 +270,23 @@ class JobObserver:
             with contextlib.suppress(aio_pika.exceptions.AMQPError, OSError):
                 await connection.close()
         self._connections.clear()
+
+
+async def group_assignments(bootstrap: str, group: str) -> dict[str, dict[str, set[int]]]:
+    """Per member of a consumer group, the partitions of each topic it was assigned, as Kafka's group
+    coordinator hands them out. KafkaError while the group has no coordinator yet."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [response] = await admin.describe_consumer_groups([group])
+        members = response.groups[0][5]  # (error, group, state, protocol type, protocol, members)
+        result = {}
+        for member_id, *_, assignment in members:
+            decoded = ConsumerProtocolMemberAssignment.decode(assignment) if assignment else None
+            result[member_id] = {topic: set(parts) for topic, parts in (decoded.assignment if decoded else [])}
+        return result
+    finally:
+        await admin.close()
 
 
 @dataclass(frozen=True)

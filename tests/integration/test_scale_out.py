@@ -22,11 +22,16 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import KafkaError
 
-from devtools.harness import JobObserver, LocalPipeline, StagedWorkload, wait_for_consumer, wait_settled
+from devtools.harness import (
+    JobObserver,
+    LocalPipeline,
+    StagedWorkload,
+    group_assignments,
+    wait_for_consumer,
+    wait_settled,
+)
 from devtools.queue_standin import QueueStandIn
 from streams.shared.records import decode_job_record
 from streams.shared.settings import Settings, load_settings
@@ -45,19 +50,8 @@ async def standin() -> AsyncIterator[QueueStandIn]:
 
 async def assignments(settings: Settings) -> dict[str, dict[str, set[int]]]:
     """Per member of the workers' consumer group, the partitions of each topic it was assigned (actives and,
-    for changelogs, standbys), as Kafka's group coordinator hands them out."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        [response] = await admin.describe_consumer_groups([settings.app_id])
-        members = response.groups[0][5]  # (error, group, state, protocol type, protocol, members)
-        result = {}
-        for member_id, *_, assignment in members:
-            decoded = ConsumerProtocolMemberAssignment.decode(assignment) if assignment else None
-            result[member_id] = {topic: set(parts) for topic, parts in (decoded.assignment if decoded else [])}
-        return result
-    finally:
-        await admin.close()
+    for changelogs, standbys)."""
+    return await group_assignments(settings.kafka_bootstrap, settings.app_id)
 
 
 async def wait_members(settings: Settings, count: int, limit: float = 90.0) -> dict[str, dict[str, set[int]]]:

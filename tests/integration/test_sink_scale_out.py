@@ -14,10 +14,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from devtools.harness import JobObserver, LocalPipeline, StagedWorkload, wait_for_consumer, wait_settled
+from devtools.harness import (
+    JobObserver,
+    LocalPipeline,
+    StagedWorkload,
+    group_assignments,
+    wait_for_consumer,
+    wait_settled,
+)
 from devtools.queue_standin import QueueStandIn
 from streams.shared.settings import Settings, load_settings
 from streams.shared.topics import ensure_topics, sink_group
@@ -34,15 +40,10 @@ async def standin() -> AsyncIterator[QueueStandIn]:
 
 
 async def group_size(settings: Settings, group: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
     try:
-        [response] = await admin.describe_consumer_groups([group])
-        return len(response.groups[0][5])  # (error, group, state, protocol type, protocol, members)
+        return len(await group_assignments(settings.kafka_bootstrap, group))
     except KafkaError:  # no coordinator yet
         return 0
-    finally:
-        await admin.close()
 
 
 async def wait_group_size(settings: Settings, count: int, limit: float = 60.0) -> None:
