@@ -35,8 +35,6 @@ from typing import Any, TextIO
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import MessageSizeTooLargeError
-from aiokafka.partitioner import murmur2
 
 from streams.core.model import Ignored, Jobs, Outcome, Rejected, Stage, reason_class
 from streams.replay.plan import (
@@ -53,6 +51,7 @@ from streams.replay.plan import (
 from streams.shared import records
 from streams.shared.gc_pause import collector_paused
 from streams.shared.kafka_config import kafka_client_kwargs
+from streams.shared.record_batches import RecordBatches
 from streams.shared.settings import Settings
 from streams.shared.topics import changelog_topic
 from streams.taskcluster.lookup import process
@@ -176,51 +175,26 @@ def _payload_task_id(envelope: object) -> str | None:
 
 
 class JobWriter:
-    """Job records go out as whole record batches, one per partition, and are confirmed once per chunk.
+    """Job records go out as whole record batches, one per partition (``RecordBatches``), confirmed once per chunk.
 
-    ``producer.send`` costs a partitioner call, an accumulator lookup and a future per record; here a record
-    costs one append to its partition's batch. Partitions come from the same murmur2 hash of the key as the
-    producer's default partitioner (so a task's jobs land where ``send`` would put them), memoised per key.
-    Batches of one partition are submitted in the order they were filled, so a task's jobs keep their order.
     The replay confirms a chunk's batches only after it has built the next chunk, so Kafka writes one while
     the replay works on the other; a refusal still stops the replay, one chunk later.
     """
 
     def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
-        self.producer = producer
         self.topic = topic
-        self._partitions: list[int] = []
-        self._partition_of: dict[bytes, int] = {}
-        self._open: dict[int, Any] = {}  # partition -> BatchBuilder being filled
-        self._full: list[tuple[int, Any]] = []  # (partition, BatchBuilder) in the order they filled up
+        self._batches: RecordBatches[None] = RecordBatches(producer)
         self._unconfirmed: list[asyncio.Future[Any]] = []  # delivery of the batches submitted
 
     async def start(self) -> None:
-        self._partitions = sorted(await self.producer.partitions_for(self.topic))
+        await self._batches.learn([self.topic])
 
     def add(self, key: bytes, value: bytes) -> None:
-        partition = self._partition_of.get(key)
-        if partition is None:
-            partition = self._partitions[(murmur2(key) & 0x7FFFFFFF) % len(self._partitions)]
-            self._partition_of[key] = partition
-        batch = self._open.get(partition)
-        if batch is None:
-            batch = self._open[partition] = self.producer.create_batch()
-        if batch.append(key=key, value=value, timestamp=None) is not None:
-            return
-        self._full.append((partition, batch))  # full: a fresh batch takes the record
-        batch = self._open[partition] = self.producer.create_batch()
-        if batch.append(key=key, value=value, timestamp=None) is None:  # an empty batch takes any record
-            raise MessageSizeTooLargeError(f"a job record of {len(value)} bytes does not fit in a record batch")
+        self._batches.add(self.topic, key, value, None)
 
     async def submit(self) -> None:
         """Hand every batch filled so far to the producer; ``confirm`` waits for Kafka to have them."""
-        self._full.extend(self._open.items())
-        self._open.clear()
-        for partition, batch in self._full:
-            batch.close()  # complete: no need to linger for more records
-            self._unconfirmed.append(await self.producer.send_batch(batch, self.topic, partition=partition))
-        self._full.clear()
+        self._unconfirmed += [batch.delivery for batch in await self._batches.submit()]
 
     async def confirm(self) -> None:
         """Wait until Kafka has every batch submitted so far (raises when it refuses one)."""

@@ -15,7 +15,7 @@ import asyncio
 import itertools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, NamedTuple, NoReturn
 
@@ -25,6 +25,7 @@ from faust.types import TP, EventT
 
 from streams.core.state_guard import GuardEntry
 from streams.shared.kafka_config import faust_broker_credentials
+from streams.shared.record_batches import SubmittedBatch
 from streams.shared.settings import Settings
 from streams.shared.topics import TABLES
 from streams.taskcluster.queue_client import QueueClient
@@ -32,6 +33,7 @@ from streams.worker.batch_pipeline import BatchPipeline
 from streams.worker.gaps import OffsetWatch
 from streams.worker.membership import WorkerApp, heartbeat_interval, leave_when_closing
 from streams.worker.processor import EventProcessor, RetryPolicy, SourceEvent
+from streams.worker.record_producer import RecordProducer
 from streams.worker.tables import (
     BatchWrites,
     Outgoing,
@@ -112,6 +114,7 @@ class Worker:
         self.watch = OffsetWatch(settings, self.events_topic.get_topic_name(), settings.app_id,
                                  stopping=lambda: self.app.should_stop)
         self.processor: EventProcessor | None = None  # made inside the loop, with the Queue client's session
+        self.producer = RecordProducer(self.app)
         self._client = client
         self._policy = policy
         self._rules = settings.rules()
@@ -168,7 +171,7 @@ class Worker:
         produced = await self.event_processor().process_batch(sources)
         records = [Outgoing(self.outputs[record.topic], record.key, record.value) for record in produced]
         records += writes.take_changelog()
-        return Flight(records, await _send(self.app, records), writes)
+        return Flight(records, await self.producer.send(records), writes)
 
     async def _skipped_before(self, batch: list[EventT]) -> list[ConsumerRecord]:
         """Records Faust skipped in the batch's partitions: they come first, as they precede the batch."""
@@ -184,8 +187,8 @@ class Worker:
         """Once Kafka has the batch's output: its guard entries and progress marks, then the acknowledgements."""
         await _confirmed(flight)
         last = {event.message.partition: event for event in batch}
-        await _deliver(self.app, flight.writes.release_guard(self.tables.emitted, self.tables.progress,
-                                                             last.values()))
+        await _deliver(self.producer, flight.writes.release_guard(self.tables.emitted, self.tables.progress,
+                                                                  last.values()), lambda: self.app.should_stop)
         for event in batch:
             await events.ack(event)
 
@@ -246,13 +249,8 @@ class Flight(NamedTuple):
     """A batch's output handed to the producer, with the table changes to make once Kafka has it."""
 
     records: list[Outgoing]
-    futures: list[asyncio.Future[Any]]
+    sent: list[SubmittedBatch[Outgoing]]
     writes: BatchWrites
-
-
-async def _send(app: faust.App, records: list[Outgoing]) -> list[asyncio.Future[Any]]:
-    return [await app.producer.send(record.topic, record.key, record.value, record.partition, None, None)
-            for record in records]
 
 
 async def _confirmed(flight: Flight) -> None:
@@ -261,27 +259,30 @@ async def _confirmed(flight: Flight) -> None:
     A record Kafka refused is not retried here: batches after this one are already with the producer, and a
     late retry would put a task's jobs out of order. The worker exits instead and the batch is read again.
     """
-    results = await asyncio.gather(*flight.futures, return_exceptions=True)
+    results = await asyncio.gather(*(sent.delivery for sent in flight.sent), return_exceptions=True)
     errors = [result for result in results if isinstance(result, BaseException)]
     if errors:
-        raise RuntimeError(f"Kafka refused {len(errors)} of {len(results)} records of a batch: "
+        refused = sum(len(sent.items) for sent, result in zip(flight.sent, results, strict=True)
+                      if isinstance(result, BaseException))
+        raise RuntimeError(f"Kafka refused {refused} of {len(flight.records)} records of a batch: "
                            f"{sorted({type(error).__name__ for error in errors})}") from errors[0]
-    _move_checkpoints(flight.records, results)
+    _move_checkpoints(flight.sent, results)
 
 
-def _move_checkpoints(records: Sequence[Outgoing], results: Sequence[Any]) -> None:
+def _move_checkpoints(sent: Sequence[SubmittedBatch[Outgoing]], results: Sequence[Any]) -> None:
     """Changelog records move their table's checkpoint, as Faust's own table writes do, so a restart recovers
     only what is newer."""
     checkpoints: dict[tuple[faust.Table, TP], int] = {}
-    for record, result in zip(records, results, strict=True):
-        if record.table is not None and not isinstance(result, BaseException):
-            tp = TP(result.topic, result.partition)
-            checkpoints[(record.table, tp)] = max(result.offset, checkpoints.get((record.table, tp), -1))
+    for batch, result in zip(sent, results, strict=True):
+        table = batch.items[0].table  # a changelog topic holds one table's records
+        if table is not None and not isinstance(result, BaseException):
+            tp = TP(batch.topic, batch.partition)
+            checkpoints[(table, tp)] = max(batch.offsets(result.offset)[-1], checkpoints.get((table, tp), -1))
     for (table, tp), offset in checkpoints.items():
         table.data.set_persisted_offset(tp, offset)
 
 
-async def _deliver(app: faust.App, records: list[Outgoing]) -> None:
+async def _deliver(producer: RecordProducer, records: list[Outgoing], stopping: Callable[[], bool]) -> None:
     """Produce ``records`` and wait until Kafka has each one; retry what failed until it lands.
 
     For a settled batch's guard entries and progress marks: ``settle`` acknowledges the batch only after this
@@ -291,14 +292,16 @@ async def _deliver(app: faust.App, records: list[Outgoing]) -> None:
     pending = records
     delay = 0.5
     while pending:
-        results = await asyncio.gather(*await _send(app, pending), return_exceptions=True)
-        _move_checkpoints(pending, results)
-        failed = [record for record, result in zip(pending, results, strict=True) if isinstance(result, BaseException)]
+        sent = await producer.send(pending)
+        results = await asyncio.gather(*(batch.delivery for batch in sent), return_exceptions=True)
+        _move_checkpoints(sent, results)
+        failed = [record for batch, result in zip(sent, results, strict=True) if isinstance(result, BaseException)
+                  for record in batch.items]
         if not failed:
             return
         errors = {type(result).__name__ for result in results if isinstance(result, BaseException)}
         log.error("%d of %d records not delivered to Kafka (%s); retrying", len(failed), len(pending), errors)
-        if app.should_stop:
+        if stopping():
             raise RuntimeError(f"stopping with {len(failed)} records Kafka has not taken")
         await asyncio.sleep(delay)
         delay = min(delay * 2, 10.0)
