@@ -30,7 +30,7 @@ from streams.shared.settings import Settings
 from streams.shared.topics import TABLES
 from streams.taskcluster.queue_client import QueueClient
 from streams.worker.batch_pipeline import BatchPipeline
-from streams.worker.gaps import OffsetWatch
+from streams.worker.gaps import Gap, OffsetWatch
 from streams.worker.membership import WorkerApp, heartbeat_interval, leave_when_closing
 from streams.worker.processor import EventProcessor, RetryPolicy, SourceEvent
 from streams.worker.record_producer import RecordProducer
@@ -165,23 +165,22 @@ class Worker:
     async def prepare(self, batch: list[EventT]) -> Flight:
         """Process a batch and hand its output and table changes to the producer."""
         writes = BatchWrites(self._unreleased, next(self._serials))
-        sources = [_source_event(self.tables, writes, _FetchedEvent(record))
-                   for record in await self._skipped_before(batch)]
+        gaps = await self._skipped_before(batch)
+        sources = [_source_event(self.tables, writes, _FetchedEvent(record)) for record in await self.watch.fetch(gaps)]
         sources += [_source_event(self.tables, writes, event) for event in batch]
         produced = await self.event_processor().process_batch(sources)
         records = [Outgoing(self.outputs[record.topic], record.key, record.value) for record in produced]
         records += writes.take_changelog()
-        return Flight(records, await self.producer.send(records), writes)
+        return Flight(records, await self.producer.send(records), writes, gaps)
 
-    async def _skipped_before(self, batch: list[EventT]) -> list[ConsumerRecord]:
-        """Records Faust skipped in the batch's partitions: they come first, as they precede the batch."""
+    async def _skipped_before(self, batch: list[EventT]) -> list[Gap]:
+        """Where Faust skipped records in the batch's partitions: they come first, as they precede the batch."""
         first: dict[int, EventT] = {}
         for event in batch:
             first.setdefault(event.message.partition, event)
-        gaps = await self.watch.find_gaps(
+        return await self.watch.find_gaps(
             [(event.message.partition, event.message.offset) for event in batch],
             processed=lambda partition: processed_upto(self.tables.progress, first[partition]))
-        return await self.watch.fetch(gaps)
 
     async def settle(self, events: faust.StreamT, batch: list[EventT], flight: Flight) -> None:
         """Once Kafka has the batch's output: its guard entries and progress marks, then the acknowledgements."""
@@ -189,6 +188,7 @@ class Worker:
         last = {event.message.partition: event for event in batch}
         await _deliver(self.producer, flight.writes.release_guard(self.tables.emitted, self.tables.progress,
                                                                   last.values()), lambda: self.app.should_stop)
+        await self.watch.acknowledge_filled(self.app.consumer, flight.filled)
         for event in batch:
             await events.ack(event)
 
@@ -251,6 +251,7 @@ class Flight(NamedTuple):
     records: list[Outgoing]
     sent: list[SubmittedBatch[Outgoing]]
     writes: BatchWrites
+    filled: list[Gap]  # records Faust skipped, read around it and processed ahead of the batch
 
 
 async def _confirmed(flight: Flight) -> None:

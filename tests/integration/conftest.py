@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from devtools.harness import terminate
 from devtools.stack import StackError
 from devtools.stack.shared import Brokers, shared_brokers
 from streams.shared.settings import Settings, load_settings
@@ -82,3 +86,20 @@ def make_settings(test_env: dict[str, str]) -> Callable[..., Settings]:
         return load_settings(env={**test_env, **env_overrides})
 
     return build
+
+
+@pytest.fixture
+def worker_process(test_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+    """Start and stop ``tc-treeherder worker`` processes; all are stopped at the end of the test."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(**env_overrides: str) -> subprocess.Popen[bytes]:
+        log = open(tmp_path / f"worker-{len(started)}.log", "wb")  # noqa: SIM115 - closed with the process
+        process = subprocess.Popen([sys.executable, "-m", "tc_treeherder.cli", "worker"],
+                                   env={**test_env, **env_overrides}, stdout=log, stderr=subprocess.STDOUT)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        terminate(process)

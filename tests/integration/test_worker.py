@@ -6,11 +6,7 @@ request counts show what the worker fetched.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -83,23 +79,6 @@ async def standin() -> Any:
             server.add_artifacts(task_id, 0, make_artifacts("public/logs/live_backing.log", "public/x.txt",
                                                             "public/y.txt"))
         yield server
-
-
-@pytest.fixture
-def worker_process(test_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
-    """Start and stop ``tc-treeherder worker`` processes; all are stopped at the end of the test."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(**env_overrides: str) -> subprocess.Popen[bytes]:
-        log = open(tmp_path / f"worker-{len(started)}.log", "wb")  # noqa: SIM115 - closed with the process
-        process = subprocess.Popen([sys.executable, "-m", "tc_treeherder.cli", "worker"],
-                                   env={**test_env, **env_overrides}, stdout=log, stderr=subprocess.STDOUT)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        terminate(process)
 
 
 def lifecycle(task_id: str, root_url: str) -> list[tuple[str, dict[str, Any]]]:

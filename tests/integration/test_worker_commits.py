@@ -1,0 +1,105 @@
+"""A worker commits its partitions to the end of what it processed, records its consumer skipped included.
+
+Faust's consumer can skip records (streams/worker/gaps.py): at a group's first start on a backlog it drops
+the rest of a fetch when it seeks to the committed offsets. The gap watcher reads those records back and the
+worker processes them, but Faust commits an offset only once every offset before it was acknowledged through
+its stream, which the skipped records never passed: the group's commits stopped at the gap for as long as the
+worker ran, and whichever worker next took the partitions processed everything since again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import orjson
+import slugid
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import GroupCoordinatorNotAvailableError
+from aiokafka.partitioner import DefaultPartitioner
+
+from devtools.factories import make_envelope, make_event, make_task
+from devtools.queue_standin import QueueStandIn
+from streams.shared.settings import Settings
+from streams.shared.topics import changelog_topic, ensure_topics
+
+TASKS = 2000  # three events each: a backlog of thousands of events, several fetches on each partition
+# Definitions already in the worker's table (its changelog) before it first starts, as after a migration or a
+# long run: the first start restores them while Faust's consumer already fetches the backlog, which is when it
+# skips records.
+KNOWN_DEFINITIONS = 10_000
+SETUP = {"TC_TREEHERDER_PARTITIONS": "8", "TC_TREEHERDER_STORE": "rocksdb://"}
+
+
+async def backlog(settings: Settings, root_url: str, task_ids: list[str]) -> dict[int, int]:
+    """Each task's pending, running and completed events on the task-events topic; its end offsets."""
+    topic = settings.topic("task-events")
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        sent = [await producer.send(topic, orjson.dumps(make_envelope(make_event(kind, task_id=task_id),
+                                                                      root_url=root_url)), key=task_id.encode())
+                for kind in ("pending", "running", "completed") for task_id in task_ids]
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, partition) for partition in range(settings.partitions)]
+        return {tp.partition: end for tp, end in (await consumer.end_offsets(tps)).items()}
+    finally:
+        await consumer.stop()
+
+
+async def known_definitions(settings: Settings, task_ids: list[str]) -> None:
+    """The worker's definitions table, through its changelog: the tasks' and ``KNOWN_DEFINITIONS`` others."""
+    topic = changelog_topic(settings, "task-definitions")
+    definition = orjson.dumps(make_task())
+    keys = task_ids + [slugid.nice() for _ in range(KNOWN_DEFINITIONS)]
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=10)
+    await producer.start()
+    try:
+        partitioner = DefaultPartitioner()
+        everyone = list(range(settings.partitions))
+        sent = [await producer.send(topic, definition, key=key.encode(),
+                                    partition=partitioner(key.encode(), everyone, everyone)) for key in keys]
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+
+
+async def committed(settings: Settings) -> dict[int, int]:
+    """What the worker's group has committed on the task-events topic (nothing while its coordinator starts)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(settings.app_id)
+    except GroupCoordinatorNotAvailableError:
+        return {}
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items()
+            if tp.topic == settings.topic("task-events") and meta is not None}
+
+
+async def test_the_group_commits_to_the_end_of_a_backlog_past_records_the_consumer_skipped(
+        make_settings, worker_process, tmp_path: Path) -> None:
+    settings = make_settings(**SETUP)
+    await ensure_topics(settings)
+    task_ids = [slugid.nice() for _ in range(TASKS)]
+    async with QueueStandIn() as standin:
+        await known_definitions(settings, task_ids)
+        ends = await backlog(settings, standin.root_url, task_ids)
+        worker_process(**SETUP)
+        deadline = time.monotonic() + 60
+        seen: dict[int, int] = {}
+        while seen != ends and time.monotonic() < deadline:
+            await asyncio.sleep(1)
+            seen = await committed(settings)
+
+    log = (tmp_path / "worker-0.log").read_text()
+    skipped = [line for line in log.splitlines() if "were skipped by the consumer" in line]
+    assert seen == ends, f"the group committed {seen} of {ends}; skipped by the consumer: {skipped}"
