@@ -505,7 +505,9 @@ def summarize(stage: str, raw: list[Rate], connector: list[Rate], items: int, **
         raw_us = median([r.cpu_seconds / r.items * 1e6 for r in raw])  # type: ignore[operator]
         stage_us = median([r.cpu_seconds / r.items * 1e6 for r in connector])  # type: ignore[operator]
         cpu = {"raw_cpu_us_per_item": round(raw_us, 1), "stage_cpu_us_per_item": round(stage_us, 1),
-               "cpu_ratio": round(raw_us / stage_us, 3) if stage_us else None}
+               "cpu_ratio": round(raw_us / stage_us, 3) if stage_us else None,
+               "stage_cpu_us_per_item_each": [round(r.cpu_seconds / r.items * 1e6)  # type: ignore[operator]
+                                              for r in connector]}
     return {
         "stage": stage,
         "items_per_run": items,
