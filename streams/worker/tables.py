@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import faust
 import orjson
-from faust.stores.base import SerializedStore
+from faust.stores.rocksdb import Store as RocksDBStore
 from faust.streams import _current_event  # the only way to route a table access for an event of a batch
 from faust.types import EventT
 
@@ -134,8 +134,7 @@ class TableState:
         self._writes.put_guard_entry(key, entry, self._event)
 
     def _raw(self, table: faust.Table, key: str) -> bytes | None:
-        with acting_for(self._event):
-            return read_entry(table, key.encode())
+        return read_entry(table, key.encode(), self._event.message.partition)
 
     def _load(self, table: faust.Table, key: str) -> Any:
         raw = self._raw(table, key)
@@ -153,15 +152,18 @@ class WorkerTables:
     progress: faust.Table  # partition number -> last offset whose output is in Kafka (see streams/worker/gaps.py)
 
 
-def read_entry(table: faust.Table, key: bytes) -> bytes | None:
-    """A table's value for ``key`` with one store lookup, for the current event's partition.
+def read_entry(table: faust.Table, key: bytes, partition: int) -> bytes | None:
+    """A table's value for ``key`` on ``partition``, with one store lookup.
 
-    ``Table.get`` asks a RocksDB store twice (whether the key is there, then its value); the worker's tables
-    are raw bytes to bytes, so the store's own lookup answers directly.
+    ``Table.get`` asks a RocksDB store twice (whether the key is there, then its value), finds the partition
+    through Faust's current event (a context variable the caller must set) and records every key read in an
+    index of key to partition. The worker's tables are raw bytes to bytes and every access names its
+    partition, so it asks that partition's database directly (``_db_for_partition``, which Faust's own
+    lookups use). The memory store keeps every partition in one mapping.
     """
     store = table.data
-    if isinstance(store, SerializedStore):
-        return store._get(key)
+    if isinstance(store, RocksDBStore):
+        return store._db_for_partition(partition).get(key)
     return store.get(key)
 
 
@@ -171,6 +173,5 @@ def progress_key(partition: int) -> bytes:
 
 def processed_upto(progress: faust.Table, event: Any) -> int | None:
     """The last offset of ``event``'s partition that a worker of the group recorded as processed."""
-    with acting_for(event):
-        raw = read_entry(progress, progress_key(event.message.partition))
+    raw = read_entry(progress, progress_key(event.message.partition), event.message.partition)
     return None if raw is None else int(raw)
