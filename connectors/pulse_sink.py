@@ -44,11 +44,10 @@ from streams.shared.topics import TopicNames, sink_group
 log = logging.getLogger(__name__)
 
 COMMIT_INTERVAL = 0.5  # seconds between offset commits while records flow
-# A killed sink's partitions wait for its session to expire before a restarted (or other) sink gets them:
-# aiokafka's default is 10 s. 6 s is the least a broker accepts by default; heartbeats every second, as the
-# worker's (streams/worker/membership.py).
-SESSION_TIMEOUT_MS = 6000
-HEARTBEAT_INTERVAL_MS = 1000
+# A killed sink's partitions wait for its session to expire (TC_TREEHERDER_SINK_SESSION_TIMEOUT, default 6 s,
+# the least a broker accepts by default; aiokafka's own default is 10 s) before a restarted or other sink gets
+# them. Heartbeats every sixth of it, as the worker's (streams/worker/membership.py).
+HEARTBEATS_PER_SESSION = 6
 STOP_GRACE = 15.0  # seconds a stopping loop waits for outstanding confirms before it gives up on them
 # Seconds a loop whose partitions are revoked waits for its outstanding confirms; the group waits meanwhile.
 HANDOVER_GRACE = 5.0
@@ -223,8 +222,8 @@ class DestinationLoop:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
-            session_timeout_ms=SESSION_TIMEOUT_MS,
-            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+            session_timeout_ms=round(settings.sink_session_timeout * 1000),
+            heartbeat_interval_ms=round(settings.sink_session_timeout * 1000 / HEARTBEATS_PER_SESSION),
         )
         await self._start_consumer()
         try:

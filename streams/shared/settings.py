@@ -136,6 +136,8 @@ class Settings:
     sink_max_in_flight: int = 1000
     # Seconds before the group gives a silent worker's partitions to the others (streams/worker/membership.py).
     worker_session_timeout: float = 6.0
+    # The same for the sinks of one destination (connectors/pulse_sink.py).
+    sink_session_timeout: float = 6.0
     # Kafka security (see docs/security.md); streams/kafka_config.py turns these into client arguments.
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str = ""
@@ -441,6 +443,8 @@ _SCALARS: tuple[tuple[str, str, str, Callable[[Any], Any], str], ...] = (
     ("pulse_bindings_api", "TC_TREEHERDER_PULSE_BINDINGS_API", "pulse_bindings_api", _bindings_api,
      "auto, off, or the http(s) URL of a RabbitMQ management API or of Pulse Guardian"),
     ("worker_session_timeout", "TC_TREEHERDER_WORKER_SESSION_TIMEOUT", "worker_session_timeout",
+     _session_timeout, "a number of seconds from 6 (Kafka's least by default) to 300"),
+    ("sink_session_timeout", "TC_TREEHERDER_SINK_SESSION_TIMEOUT", "sink_session_timeout",
      _session_timeout, "a number of seconds from 6 (Kafka's least by default) to 300"),
     ("kafka_security_protocol", "TC_TREEHERDER_KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol",
      _security_protocol, " or ".join(KAFKA_SECURITY_PROTOCOLS)),

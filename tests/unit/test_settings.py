@@ -56,6 +56,8 @@ def test_state_dir_moves_the_default_data_dir_with_it(tmp_path: Path) -> None:
         ("TC_TREEHERDER_NAMESPACE", "has space", "letters, digits"),
         ("TC_TREEHERDER_ROUTE_PREFIXES", "tc.treeherder", "without dots"),
         ("TC_TREEHERDER_WEB_PORT", "70000", "a port number"),
+        ("TC_TREEHERDER_WORKER_SESSION_TIMEOUT", "5", "from 6"),
+        ("TC_TREEHERDER_SINK_SESSION_TIMEOUT", "301", "from 6"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_the_expected_form(variable: str, value: str, expected: str) -> None:
@@ -298,3 +300,8 @@ def test_a_variable_no_destination_or_deployment_reads_is_refused(variable: str)
     with pytest.raises(SettingsError) as refused:
         load_settings(env={variable: "x"})
     assert str(refused.value).startswith(f"{variable}: no configured")
+
+
+def test_the_sinks_session_timeout_is_their_own() -> None:
+    settings = load_settings(env={"TC_TREEHERDER_SINK_SESSION_TIMEOUT": "30"})
+    assert (settings.sink_session_timeout, settings.worker_session_timeout) == (30.0, 6.0)
