@@ -1,7 +1,8 @@
-"""The replay's job writer on the real Kafka: whole record batches, yet each task's jobs where ``send`` puts them.
+"""Record batches on the real Kafka: each key's records where ``send`` puts them, and offsets as reported.
 
-The replay hands the producer record batches it fills itself instead of calling ``send`` per record, so the
-partition of each key and the order of a key's records are the writer's business; this checks both, with
+The replay and the worker hand the producer record batches they fill themselves (``RecordBatches``) instead
+of calling ``send`` per record, so the partition of each key and the order of a key's records are theirs to
+get right, and so is where each record landed (the worker's table checkpoints); this checks all three, with
 batches small enough that a key's records span several of them.
 """
 
@@ -14,8 +15,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.replay.runner import JobWriter
+from streams.shared.record_batches import RecordBatches
 from streams.shared.settings import Settings
-from streams.shared.topics import ensure_topics
+from streams.shared.topics import changelog_topic, ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -65,3 +67,37 @@ async def test_each_keys_records_go_to_the_partition_send_picks_in_the_order_wri
         mine = [(partition, value["seq"]) for partition, k, value in records if (k or b"") == key]
         assert {partition for partition, _ in mine} == {sent[key]}, key
         assert [seq for _, seq in mine] == list(range(-1, 80)), f"records of {key!r} out of order"
+
+
+async def test_each_submitted_batch_says_where_its_records_landed(settings: Settings) -> None:
+    """What the worker moves its table checkpoints by: a batch's first offset and its items, in order."""
+    await ensure_topics(settings)
+    jobs, changelog = settings.topic("jobs"), changelog_topic(settings, "emitted-states")
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", max_batch_size=4096)
+    await producer.start()
+    try:
+        batches: RecordBatches[str] = RecordBatches(producer)
+        await batches.learn([jobs])
+        await producer.send_and_wait(changelog, b"before", key=b"before", partition=1)  # the batches start past offset 0
+        for n in range(60):
+            batches.add(jobs, f"task-{n % 7}".encode(), f"job {n}".encode() + b"x" * 150, f"job {n}")
+            batches.add(changelog, f"key-{n}".encode(), f"entry {n}".encode() + b"x" * 150, f"entry {n}", partition=1)
+        submitted = await batches.submit()
+        landed = {(batch.topic, batch.partition, offset): item for batch in submitted
+                  for offset, item in zip(batch.offsets((await batch.delivery).offset), batch.items, strict=True)}
+    finally:
+        await producer.stop()
+
+    assert len({(batch.topic, batch.partition) for batch in submitted}) < len(submitted)  # a partition spans batches
+    assert len(landed) == 120
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        for topic, partition, offset in landed:
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            consumer.seek(tp, offset)
+            record = (await consumer.getmany(tp, timeout_ms=5000, max_records=1))[tp][0]
+            assert record.value.startswith(landed[(topic, partition, offset)].encode() + b"x")
+    finally:
+        await consumer.stop()
