@@ -78,7 +78,7 @@ async def test_each_submitted_batch_says_where_its_records_landed(settings: Sett
     try:
         batches: RecordBatches[str] = RecordBatches(producer)
         await batches.learn([jobs])
-        await producer.send_and_wait(changelog, b"before", key=b"before", partition=1)  # the batches start past offset 0
+        await producer.send_and_wait(changelog, b"before", key=b"before", partition=1)  # batches start past 0
         for n in range(60):
             batches.add(jobs, f"task-{n % 7}".encode(), f"job {n}".encode() + b"x" * 150, f"job {n}")
             batches.add(changelog, f"key-{n}".encode(), f"entry {n}".encode() + b"x" * 150, f"entry {n}", partition=1)
