@@ -30,6 +30,7 @@ from streams.shared.settings import Settings
 from streams.shared.topics import TABLES
 from streams.taskcluster.queue_client import QueueClient
 from streams.worker.batch_pipeline import BatchPipeline
+from streams.worker.commits import merge_gaps_before_commits
 from streams.worker.gaps import Gap, OffsetWatch
 from streams.worker.membership import WorkerApp, heartbeat_interval, leave_when_closing
 from streams.worker.processor import EventProcessor, RetryPolicy, SourceEvent
@@ -127,6 +128,7 @@ class Worker:
         self.app.on_partitions_revoked.connect(self._forget_partitions)
         self.app.on_partitions_assigned.connect(self._forget_partitions)
         self.app.on_partitions_assigned.connect(leave_when_closing)  # a LeaveGroup even as a static member
+        self.app.on_partitions_assigned.connect(merge_gaps_before_commits)  # commits past what Faust skipped
         worker = self
 
         @self.app.agent(self.events_topic, name="task-events-to-jobs", concurrency=1)

@@ -4,7 +4,8 @@ Faust's consumer can skip records (streams/worker/gaps.py): at a group's first s
 the rest of a fetch when it seeks to the committed offsets. The gap watcher reads those records back and the
 worker processes them, but Faust commits an offset only once every offset before it was acknowledged through
 its stream, which the skipped records never passed: the group's commits stopped at the gap for as long as the
-worker ran, and whichever worker next took the partitions processed everything since again.
+worker ran, and whichever worker next took the partitions processed everything since again. Faust's own
+bookkeeping of skipped ranges could also stall them, counting offsets twice (streams/worker/commits.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import slugid
@@ -33,15 +35,15 @@ KNOWN_DEFINITIONS = 10_000
 SETUP = {"TC_TREEHERDER_PARTITIONS": "8", "TC_TREEHERDER_STORE": "rocksdb://"}
 
 
-async def backlog(settings: Settings, root_url: str, task_ids: list[str]) -> dict[int, int]:
-    """Each task's pending, running and completed events on the task-events topic; its end offsets."""
+async def send_events(settings: Settings, root_url: str, events: list[tuple[str, str]]) -> dict[int, int]:
+    """``(kind, taskId)`` events on the task-events topic, in order; the topic's end offsets after them."""
     topic = settings.topic("task-events")
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     await producer.start()
     try:
         sent = [await producer.send(topic, orjson.dumps(make_envelope(make_event(kind, task_id=task_id),
                                                                       root_url=root_url)), key=task_id.encode())
-                for kind in ("pending", "running", "completed") for task_id in task_ids]
+                for kind, task_id in events]
         await asyncio.gather(*sent)
     finally:
         await producer.stop()
@@ -52,6 +54,13 @@ async def backlog(settings: Settings, root_url: str, task_ids: list[str]) -> dic
         return {tp.partition: end for tp, end in (await consumer.end_offsets(tps)).items()}
     finally:
         await consumer.stop()
+
+
+def one_per_partition(settings: Settings, task_ids: list[str]) -> list[str]:
+    """A task of each task-events partition (the producer's partitioner)."""
+    partitioner, everyone = DefaultPartitioner(), list(range(settings.partitions))
+    by_partition = {partitioner(task_id.encode(), everyone, everyone): task_id for task_id in task_ids}
+    return [by_partition[partition] for partition in everyone]
 
 
 async def known_definitions(settings: Settings, task_ids: list[str]) -> None:
@@ -85,6 +94,16 @@ async def committed(settings: Settings) -> dict[int, int]:
             if tp.topic == settings.topic("task-events") and meta is not None}
 
 
+async def committed_until(settings: Settings, done: Any, wait: float) -> dict[int, int]:
+    """The group's committed offsets once ``done(offsets)`` holds, or after ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    seen: dict[int, int] = {}
+    while not done(seen) and time.monotonic() < deadline:
+        await asyncio.sleep(1)
+        seen = await committed(settings)
+    return seen
+
+
 async def test_the_group_commits_to_the_end_of_a_backlog_past_records_the_consumer_skipped(
         make_settings, worker_process, tmp_path: Path) -> None:
     settings = make_settings(**SETUP)
@@ -92,13 +111,15 @@ async def test_the_group_commits_to_the_end_of_a_backlog_past_records_the_consum
     task_ids = [slugid.nice() for _ in range(TASKS)]
     async with QueueStandIn() as standin:
         await known_definitions(settings, task_ids)
-        ends = await backlog(settings, standin.root_url, task_ids)
+        await send_events(settings, standin.root_url,
+                          [(kind, task_id) for kind in ("pending", "running", "completed") for task_id in task_ids])
         worker_process(**SETUP)
-        deadline = time.monotonic() + 60
-        seen: dict[int, int] = {}
-        while seen != ends and time.monotonic() < deadline:
-            await asyncio.sleep(1)
-            seen = await committed(settings)
+        # Records Faust skips at the very end of a partition are found only when a later event arrives
+        # (docs/reliability.md): once the group has committed on every partition, one more event on each.
+        await committed_until(settings, lambda seen: len(seen) == settings.partitions, wait=60)
+        ends = await send_events(settings, standin.root_url,
+                                 [("completed", task_id) for task_id in one_per_partition(settings, task_ids)])
+        seen = await committed_until(settings, lambda seen: seen == ends, wait=60)
 
     log = (tmp_path / "worker-0.log").read_text()
     skipped = [line for line in log.splitlines() if "were skipped by the consumer" in line]

@@ -1,0 +1,54 @@
+"""Faust's commits keep up with what the worker acknowledged, whatever Faust's consumer skipped on the way.
+
+Faust commits a partition up to the first offset missing from its list of acknowledged offsets. Offsets that
+will never reach the stream (the holes compaction leaves, records Faust fetched past) sit in a second list,
+the partition's "gaps", which it merges into the first before each commit. Two flaws of that merge (Faust
+0.15, ``Consumer._new_offset``) stall a partition's commits after Faust skips records:
+
+- a gap can cover offsets that reach the stream later after all (Faust seeks back after its skip), and the
+  merge then puts them in the list twice; Faust finds consecutive runs by position, so each duplicate ends a
+  run, and the commits crawl forward one run per commit;
+- the merge keeps the gap's last offset in the gap, and adds it again at the next commit: one more duplicate.
+
+The worker found a partition committed at 114 of 825 a minute after it had processed everything
+(tests/integration/test_worker_commits.py). ``merge_gaps`` does the merge first, without duplicates and
+without leftovers, so that Faust's own merge finds nothing left to do. It is installed on the consumer's
+``_new_offset``, a private method: tests/unit/test_commits.py fails if a later Faust renames the parts it
+relies on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+from intervaltree import IntervalTree
+
+
+def merge_gaps(acked: list[int], gaps: IntervalTree) -> None:
+    """Move every gap that reaches the acknowledged offsets (or a gap so moved) into ``acked``, once each, and
+    leave ``acked`` sorted and without duplicates."""
+    if not acked:
+        return
+    frontier = max(acked) + 1
+    while hits := gaps.overlap(0, frontier):
+        for interval in hits:
+            gaps.remove(interval)
+            acked.extend(range(interval.begin, interval.end))
+            frontier = max(frontier, interval.end)
+    acked[:] = sorted(set(acked))
+
+
+async def merge_gaps_before_commits(app: faust.App, *args: Any, **kwargs: Any) -> None:
+    """For ``app.on_partitions_assigned``: put ``merge_gaps`` ahead of Faust's own, once per consumer."""
+    consumer = app.consumer
+    if getattr(consumer, "_merges_gaps_first", False):
+        return
+    faust_new_offset = consumer._new_offset
+
+    def new_offset(tp: Any) -> int | None:
+        merge_gaps(consumer._acked[tp], consumer._gap[tp])
+        return faust_new_offset(tp)
+
+    consumer._new_offset = new_offset
+    consumer._merges_gaps_first = True
