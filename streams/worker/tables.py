@@ -2,41 +2,25 @@
 the batch's output.
 
 Tables are keyed so that they live on the partition of the event that writes them: a task's definition, its
-runs' artifact listings and its guard entries all sit on the task's partition. Faust finds that partition
-through its "current event", which inside a batch is whichever event came last, so every access here names
-its own event. A batch's writes reach the local store at once and the changelogs together with the batch's
+runs' artifact listings and its guard entries all sit on the task's partition. Faust would find that
+partition through its "current event", which inside a batch is whichever event came last, so every access
+here names its event's partition and goes to that partition's store directly (``read_entry``,
+``write_entry``). A batch's writes reach the local store at once and the changelogs together with the batch's
 output (``BatchWrites``); state-guard entries only once that output is confirmed.
 """
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import faust
 import orjson
 from faust.stores.rocksdb import Store as RocksDBStore
-from faust.streams import _current_event  # the only way to route a table access for an event of a batch
 from faust.types import EventT
 
 from streams.core.state_guard import GuardEntry
-
-
-@contextmanager
-def acting_for(event: EventT) -> Iterator[None]:
-    """Make Faust route table reads and writes to ``event``'s partition.
-
-    Faust finds a table's partition through the current event; inside a batch, that is whichever event came
-    last, so each table access names its own event explicitly.
-    """
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 class Outgoing(NamedTuple):
@@ -72,8 +56,7 @@ class BatchWrites:
         self._serial = serial
 
     def save(self, table: faust.Table, event: EventT, key: bytes, value: bytes) -> None:
-        with acting_for(event):
-            table.data[key] = value
+        write_entry(table, key, value, event.message.partition)
         self.changelog.append(Outgoing(table.changelog_topic.get_topic_name(), key, value,
                                        event.message.partition, table))
 
@@ -165,6 +148,18 @@ def read_entry(table: faust.Table, key: bytes, partition: int) -> bytes | None:
     if isinstance(store, RocksDBStore):
         return store._db_for_partition(partition).get(key)
     return store.get(key)
+
+
+def write_entry(table: faust.Table, key: bytes, value: bytes, partition: int) -> None:
+    """Set ``key`` to ``value`` in a table's local store on ``partition`` (the changelog is the caller's).
+
+    As ``read_entry``: the partition's database directly, not through Faust's current event and key index.
+    """
+    store = table.data
+    if isinstance(store, RocksDBStore):
+        store._db_for_partition(partition).put(key, value)
+    else:
+        store[key] = value
 
 
 def progress_key(partition: int) -> bytes:
