@@ -57,10 +57,10 @@ class RecordBatches(Generic[T]):
         self._full: list[tuple[str, int, Any, list[T]]] = []  # in the order they filled up
 
     async def learn(self, topics: Iterable[str]) -> None:
-        """Know the partitions of ``topics`` (from the producer's metadata), as ``add`` needs them for keys."""
+        """Know the partitions of ``topics`` as the producer's metadata has them now (partitions added to a topic
+        count from the next call on), as ``add`` needs them for keys."""
         for topic in topics:
-            if topic not in self._partitions:
-                self._partitions[topic] = sorted(await self.producer.partitions_for(topic))
+            self._partitions[topic] = sorted(await self.producer.partitions_for(topic))
 
     def partition_for(self, topic: str, key: bytes) -> int:
         """The partition the producer's default partitioner gives ``key`` in ``topic``."""
