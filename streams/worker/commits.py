@@ -10,7 +10,7 @@ the partition's "gaps", which it merges into the first before each commit. Two f
   run, and the commits crawl forward one run per commit;
 - the merge keeps the gap's last offset in the gap, and adds it again at the next commit: one more duplicate.
 
-The worker found a partition committed at 114 of 825 a minute after it had processed everything
+The worker found a partition committed at 114 of 747 a minute after it had processed everything
 (tests/integration/test_worker_commits.py). ``merge_gaps`` does the merge first, without duplicates and
 without leftovers, so that Faust's own merge finds nothing left to do. It is installed on the consumer's
 ``_new_offset``, a private method: tests/unit/test_commits.py fails if a later Faust renames the parts it
