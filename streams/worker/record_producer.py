@@ -1,8 +1,9 @@
 """The worker's records to Kafka as whole record batches, through the Faust app's own producer.
 
-The worker sends two to four records per event (jobs, guard entries, progress marks); one ``send`` each was a
-fifth of its CPU (``streams.shared.record_batches``). The records still go through the producer Faust owns,
-the one it flushes before committing offsets and stops last, so nothing about delivery changes.
+The worker sends two to four records per event (jobs, guard entries, progress marks); with one ``send`` each,
+py-spy put a fifth of its samples in aiokafka's produce path (``streams.shared.record_batches``). The records
+still go through the producer Faust owns, the one it flushes before committing offsets and stops last, so
+nothing about delivery changes.
 """
 
 from __future__ import annotations
