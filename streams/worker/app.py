@@ -30,7 +30,7 @@ from streams.shared.settings import Settings
 from streams.shared.topics import TABLES
 from streams.taskcluster.queue_client import QueueClient
 from streams.worker.batch_pipeline import BatchPipeline
-from streams.worker.commits import merge_gaps_before_commits
+from streams.worker.commits import acknowledge_filled, merge_gaps_before_commits
 from streams.worker.gaps import Gap, OffsetWatch
 from streams.worker.membership import WorkerApp, heartbeat_interval, leave_when_closing
 from streams.worker.processor import EventProcessor, RetryPolicy, SourceEvent
@@ -190,7 +190,7 @@ class Worker:
         last = {event.message.partition: event for event in batch}
         await _deliver(self.producer, flight.writes.release_guard(self.tables.emitted, self.tables.progress,
                                                                   last.values()), lambda: self.app.should_stop)
-        await self.watch.acknowledge_filled(self.app.consumer, flight.filled)
+        await acknowledge_filled(self.app.consumer, self.watch.topic, flight.filled)
         for event in batch:
             await events.ack(event)
 

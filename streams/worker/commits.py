@@ -1,5 +1,9 @@
 """Faust's commits keep up with what the worker acknowledged, whatever Faust's consumer skipped on the way.
 
+Everything here works on Faust 0.15's private commit bookkeeping (``Consumer._add_gap``, ``_new_offset``,
+``_acked``, ``_gap``), so it sits in one place; tests/unit/test_commits.py and
+tests/integration/test_worker_commits.py fail if a later Faust changes it.
+
 Faust commits a partition up to the first offset missing from its list of acknowledged offsets. Offsets that
 will never reach the stream (the holes compaction leaves, records Faust fetched past) sit in a second list,
 the partition's "gaps", which it merges into the first before each commit. Two flaws of that merge (Faust
@@ -15,14 +19,22 @@ The worker found a partition committed at 114 of 747 a minute after it had proce
 without leftovers, so that Faust's own merge finds nothing left to do. It is installed on the consumer's
 ``_new_offset``, a private method: tests/unit/test_commits.py fails if a later Faust renames the parts it
 relies on.
+
+Records the gap watcher read around Faust (streams/worker/gaps.py) never pass through the stream, so the
+worker registers them as such a gap once their output is in Kafka (``acknowledge_filled``); without that,
+commits stayed at the gap for as long as the worker ran.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import faust
+from faust.types import TP
 from intervaltree import IntervalTree
+
+from streams.worker.gaps import Gap
 
 
 def merge_gaps(acked: list[int], gaps: IntervalTree) -> None:
@@ -52,3 +64,10 @@ async def merge_gaps_before_commits(app: faust.App, *args: Any, **kwargs: Any) -
 
     consumer._new_offset = new_offset
     consumer._merges_gaps_first = True
+
+
+async def acknowledge_filled(consumer: Any, topic: str, gaps: Sequence[Gap]) -> None:
+    """Count the records of ``gaps`` (read around Faust and processed) as acknowledged by Faust's ``consumer``:
+    a gap of offsets that will never reach its stream, which its commits treat as acknowledged."""
+    for gap in gaps:
+        await consumer._add_gap(TP(topic, gap.partition), gap.start, gap.end - 1)  # inclusive end

@@ -15,9 +15,8 @@ the agent ahead of the batch, so they are processed before anything after them i
 backwards (Faust seeking back) is simply accepted: the output is the same again.
 
 Once their output is in Kafka, the records read back are acknowledged to Faust's consumer too
-(``acknowledge_filled``). Faust commits an offset only when every offset before it was acknowledged through
-its stream, which these records never passed: without that, the group's commits stayed at the gap for as long
-as the worker ran, and the next owner of the partition processed everything since again.
+(``streams.worker.commits.acknowledge_filled``): they never passed through its stream, and without that the
+group's commits stayed at the gap for as long as the worker ran.
 """
 
 from __future__ import annotations
@@ -26,12 +25,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
-from faust.types import TP
 
 from streams.shared.kafka_config import kafka_client_kwargs
 from streams.shared.settings import Settings
@@ -93,17 +91,6 @@ class OffsetWatch:
                 gaps.append(Gap(partition, expected, offset))
             self.expected[partition] = offset + 1
         return gaps
-
-    async def acknowledge_filled(self, consumer: Any, gaps: Sequence[Gap]) -> None:
-        """Count the records of ``gaps`` as acknowledged by Faust's ``consumer``, so its commits pass them.
-
-        Faust keeps, per partition, ranges of offsets that will never reach its stream (for the holes
-        compaction and transaction markers leave), and its commits treat them as acknowledged; a gap whose
-        records the worker has processed is such a range. ``Consumer._add_gap`` is private: the integration test
-        tests/integration/test_worker_commits.py fails when a later Faust drops or changes it.
-        """
-        for gap in gaps:
-            await consumer._add_gap(TP(self.topic, gap.partition), gap.start, gap.end - 1)  # inclusive end
 
     async def fetch(self, gaps: Sequence[Gap]) -> list[ConsumerRecord]:
         """The records of ``gaps``, read directly from Kafka, in offset order per partition."""
