@@ -71,11 +71,9 @@ async def known_definitions(settings: Settings, task_ids: list[str]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=10)
     await producer.start()
     try:
-        partitioner = DefaultPartitioner()
-        everyone = list(range(settings.partitions))
-        sent = [await producer.send(topic, definition, key=key.encode(),
-                                    partition=partitioner(key.encode(), everyone, everyone)) for key in keys]
-        await asyncio.gather(*sent)
+        # The changelog has as many partitions as task-events: the key alone puts each definition on its
+        # task's partition, where the worker looks for it.
+        await asyncio.gather(*[await producer.send(topic, definition, key=key.encode()) for key in keys])
     finally:
         await producer.stop()
 
