@@ -8,7 +8,13 @@ import time
 import pytest
 
 from devtools.queue_standin import Fault, QueueStandIn
-from streams.taskcluster.queue_client import QueueClient, QueueRefused, QueueUnavailable, TaskNotFound
+from streams.taskcluster.queue_client import (
+    QueueClient,
+    QueueRefused,
+    QueueUnavailable,
+    TaskNotFound,
+    UnusableAnswer,
+)
 
 TASK_ID = "fUAV5m0qQ4K9Gl8RIVYpVw"
 DEFINITION = {"metadata": {"name": "build-linux64/opt"}, "routes": ["tc-treeherder.v2.try.abc.1"]}
@@ -129,6 +135,21 @@ async def test_other_client_errors_are_refused_at_once(standin, client):
     with pytest.raises(QueueRefused) as caught:
         await client.task(standin.root_url, TASK_ID)
     assert caught.value.status == 403
+    assert "403 fault injected by the Queue stand-in (403)" in str(caught.value)  # the answer's own message
+    assert standin.stats["requests"]["task"] == 1
+
+
+@pytest.mark.parametrize(("body", "error", "says"), [
+    (b'{"metadata": {"name": "caf\xe9"}}', UnusableAnswer, "not UTF-8 text"),
+    (b"[" * 3000 + b"]" * 3000, UnusableAnswer, "nested too deeply to read"),
+    (b'{"metadata": {"name": "build \\ud800"}}', UnusableAnswer, "task.metadata.name"),
+    (b"<html>Service Unavailable</html>", QueueUnavailable, "not the expected JSON"),
+    (b'["a definition is an object"]', QueueUnavailable, "not the expected JSON"),
+])
+async def test_an_answer_that_cannot_be_used_says_why_without_retrying(standin, client, body, error, says):
+    standin.add_task_body(TASK_ID, body)
+    with pytest.raises(error, match=says):
+        await client.task(standin.root_url, TASK_ID)
     assert standin.stats["requests"]["task"] == 1
 
 
