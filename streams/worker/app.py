@@ -21,6 +21,7 @@ from typing import Any, NamedTuple, NoReturn
 
 import faust
 from aiokafka import ConsumerRecord
+from aiokafka.errors import KafkaError
 from faust.types import TP, EventT
 
 from streams.core.state_guard import GuardEntry
@@ -65,6 +66,9 @@ BATCH_LINGER = 0.01
 # event that a run already moved past comes out as a duplicate of its latest job. One commit request per half
 # second costs the broker next to nothing.
 COMMIT_INTERVAL = 0.5
+# Seconds without events after which the worker looks for records its consumer read past at a partition's
+# end (``OffsetWatch.stalled_tails``); two looks agreeing fill them, so within 2-3 of these of going quiet.
+TAIL_CHECK_EVERY = 2.0
 
 
 def faust_app(settings: Settings) -> WorkerApp:
@@ -156,7 +160,8 @@ class Worker:
         Faust's stream keeps handing events over meanwhile, so the next batch is ready when the pipeline is."""
         events = stream.noack()
         pipeline = BatchPipeline(self.prepare, partial(self.settle, events), _exit_unacknowledged,
-                                 batch_size=BATCH_SIZE, in_flight=IN_FLIGHT, linger=BATCH_LINGER)
+                                 batch_size=BATCH_SIZE, in_flight=IN_FLIGHT, linger=BATCH_LINGER,
+                                 idle_every=TAIL_CHECK_EVERY)
         pipeline.start()
         try:
             async for event in events.events():
@@ -165,32 +170,53 @@ class Worker:
             await pipeline.close()
 
     async def prepare(self, batch: list[EventT]) -> Flight:
-        """Process a batch and hand its output and table changes to the producer."""
+        """Process a batch and hand its output and table changes to the producer. An empty batch (the stream
+        has been quiet) looks for records Faust read past at the end of a partition instead."""
         writes = BatchWrites(self._unreleased, next(self._serials))
-        gaps = await self._skipped_before(batch)
-        sources = [_source_event(self.tables, writes, _FetchedEvent(record)) for record in await self.watch.fetch(gaps)]
-        sources += [_source_event(self.tables, writes, event) for event in batch]
+        gaps = await self._skipped_before(batch) if batch else await self._stalled_tails()
+        fetched = [_FetchedEvent(record) for record in await self.watch.fetch(gaps)]
+        sources = [_source_event(self.tables, writes, event) for event in [*fetched, *batch]]
         produced = await self.event_processor().process_batch(sources)
         records = [Outgoing(self.outputs[record.topic], record.key, record.value) for record in produced]
         records += writes.take_changelog()
-        return Flight(records, await self.producer.send(records), writes, gaps)
+        return Flight(records, await self.producer.send(records), writes, gaps, fetched)
 
     async def _skipped_before(self, batch: list[EventT]) -> list[Gap]:
         """Where Faust skipped records in the batch's partitions: they come first, as they precede the batch."""
-        first: dict[int, EventT] = {}
-        for event in batch:
-            first.setdefault(event.message.partition, event)
-        return await self.watch.find_gaps(
-            [(event.message.partition, event.message.offset) for event in batch],
-            processed=lambda partition: processed_upto(self.tables.progress, first[partition]))
+        return await self.watch.find_gaps([(event.message.partition, event.message.offset) for event in batch],
+                                          processed=self._processed)
+
+    async def _stalled_tails(self) -> list[Gap]:
+        """Records Faust read past at the end of a partition, with no later event to reveal them.
+
+        Only outside rebalances and table recovery, when Faust's stream flows: Faust pauses it and seeks its
+        partitions then, and a position it is about to leave says nothing.
+        """
+        if self.app.rebalancing or not self.app.flow_control.is_active() or self.app.should_stop:
+            return []
+        consumer = self.app.consumer
+        positions = {}
+        try:
+            for tp in sorted(consumer.assignment()):
+                if tp.topic == self.watch.topic:
+                    position = await consumer.position(tp)
+                    if position is not None:
+                        positions[tp.partition] = position
+        except KafkaError as error:  # a partition revoked under the look: the next look starts afresh
+            log.debug("no look at the partitions' ends this time: %s: %s", type(error).__name__, error)
+            return []
+        return await self.watch.stalled_tails(positions, processed=self._processed)
+
+    def _processed(self, partition: int) -> int | None:
+        return processed_upto(self.tables.progress, partition)
 
     async def settle(self, events: faust.StreamT, batch: list[EventT], flight: Flight) -> None:
         """Once Kafka has the batch's output: its guard entries and progress marks, then the acknowledgements."""
         await _confirmed(flight)
-        last = {event.message.partition: event for event in batch}
+        last = {event.message.partition: event for event in [*flight.fetched, *batch]}
         await _deliver(self.producer, flight.writes.release_guard(self.tables.emitted, self.tables.progress,
                                                                   last.values()), lambda: self.app.should_stop)
-        await acknowledge_filled(self.app.consumer, self.watch.topic, flight.filled)
+        acknowledge_filled(self.app.consumer, self.watch.topic, flight.filled)
         for event in batch:
             await events.ack(event)
 
@@ -254,6 +280,7 @@ class Flight(NamedTuple):
     sent: list[SubmittedBatch[Outgoing]]
     writes: BatchWrites
     filled: list[Gap]  # records Faust skipped, read around it and processed ahead of the batch
+    fetched: list[_FetchedEvent]  # those records
 
 
 async def _confirmed(flight: Flight) -> None:

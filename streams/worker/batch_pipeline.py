@@ -35,7 +35,7 @@ class BatchPipeline(Generic[E, F]):
 
     def __init__(self, prepare: Callable[[list[E]], Awaitable[F]], settle: Callable[[list[E], F], Awaitable[None]],
                  on_failure: Callable[[BaseException], NoReturn], *, batch_size: int, in_flight: int,
-                 linger: float = 0.0, grace: float = 30.0) -> None:
+                 linger: float = 0.0, idle_every: float | None = None, grace: float = 30.0) -> None:
         self._prepare = prepare
         self._settle = settle
         self._on_failure = on_failure
@@ -48,6 +48,9 @@ class BatchPipeline(Generic[E, F]):
         self._preparing = False
         self._linger = linger  # seconds between batches short of full, so that a busy stream fills them
         self._last_take = float("-inf")
+        # Seconds without events after which an empty batch is taken (nothing in flight): the worker's look at
+        # what its consumer may have read past. None: batches only ever hold events.
+        self._idle_every = idle_every
         self._unsettled = 0  # batches taken and not yet settled
         self._settled = asyncio.Event()  # set whenever a batch is settled
         self._grace = grace  # seconds close() waits for each stage to finish what it has in hand
@@ -81,9 +84,18 @@ class BatchPipeline(Generic[E, F]):
 
     async def _next_batch(self) -> list[E]:
         """A batch once one is full; short of that, at once when nothing is in flight and the last batch was
-        taken at least ``linger`` seconds ago, else once both are true."""
-        await self.inbox.wait_for(1)
+        taken at least ``linger`` seconds ago, else once both are true. An empty one after ``idle_every``
+        seconds without an event, once nothing is in flight."""
         loop = asyncio.get_running_loop()
+        if self._idle_every is not None:
+            while not len(self.inbox):
+                try:
+                    await asyncio.wait_for(self.inbox.wait_for(1), self._idle_every)
+                except TimeoutError:
+                    if not self._unsettled:
+                        self._unsettled += 1
+                        return []
+        await self.inbox.wait_for(1)
         while len(self.inbox) < self.batch_size:
             pause = self._last_take + self._linger - loop.time()
             if not self._unsettled and pause <= 0:

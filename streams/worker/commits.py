@@ -1,7 +1,7 @@
 """Faust's commits keep up with what the worker acknowledged, whatever Faust's consumer skipped on the way.
 
-Everything here works on Faust 0.15's private commit bookkeeping (``Consumer._add_gap``, ``_new_offset``,
-``_acked``, ``_gap``), so it sits in one place; tests/unit/test_commits.py and
+Everything here works on Faust 0.15's private commit bookkeeping (``Consumer._new_offset``, ``_acked``,
+``_acked_index``, ``_committed_offset``, ``_gap``), so it sits in one place; tests/unit/test_commits.py and
 tests/integration/test_worker_commits.py fail if a later Faust changes it.
 
 Faust commits a partition up to the first offset missing from its list of acknowledged offsets. Offsets that
@@ -21,7 +21,7 @@ without leftovers, so that Faust's own merge finds nothing left to do. It is ins
 relies on.
 
 Records the gap watcher read around Faust (streams/worker/gaps.py) never pass through the stream, so the
-worker registers them as such a gap once their output is in Kafka (``acknowledge_filled``); without that,
+worker acknowledges them itself once their output is in Kafka (``acknowledge_filled``); without that,
 commits stayed at the gap for as long as the worker ran.
 """
 
@@ -66,8 +66,18 @@ async def merge_gaps_before_commits(app: faust.App, *args: Any, **kwargs: Any) -
     consumer._merges_gaps_first = True
 
 
-async def acknowledge_filled(consumer: Any, topic: str, gaps: Sequence[Gap]) -> None:
-    """Count the records of ``gaps`` (read around Faust and processed) as acknowledged by Faust's ``consumer``:
-    a gap of offsets that will never reach its stream, which its commits treat as acknowledged."""
+def acknowledge_filled(consumer: Any, topic: str, gaps: Sequence[Gap]) -> None:
+    """Count the records of ``gaps`` (read around Faust and processed) as acknowledged by Faust's ``consumer``,
+    as its own ``ack`` counts an event: offsets from its committed one on, each once.
+
+    Registered as one of its gaps instead (``_add_gap``), a partition's last records, with nothing acknowledged
+    after them, stayed uncommitted: Faust merges gaps only into acknowledged offsets, and a commit empties those.
+    """
     for gap in gaps:
-        await consumer._add_gap(TP(topic, gap.partition), gap.start, gap.end - 1)  # inclusive end
+        tp = TP(topic, gap.partition)
+        committed = consumer._committed_offset[tp]
+        seen = consumer._acked_index[tp]
+        fresh = [offset for offset in range(gap.start, gap.end)
+                 if (committed is None or offset >= committed) and offset not in seen]
+        seen.update(fresh)
+        consumer._acked[tp].extend(fresh)

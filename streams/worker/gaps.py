@@ -14,6 +14,11 @@ that, the missing records are read with a consumer of its own (no group, nothing
 the agent ahead of the batch, so they are processed before anything after them is acknowledged. Going
 backwards (Faust seeking back) is simply accepted: the output is the same again.
 
+Records skipped at the end of a partition have no later event to reveal them. So when the stream has been
+quiet for a while, the worker compares each partition's expected offset with its consumer's position (the
+next offset it will hand over): a position past the expected offset, the same at two looks in a row while
+nothing is on its way, is a skipped tail, read back like any other gap (``stalled_tails``).
+
 Once their output is in Kafka, the records read back are acknowledged to Faust's consumer too
 (``streams.worker.commits.acknowledge_filled``): they never passed through its stream, and without that the
 group's commits stayed at the gap for as long as the worker ran.
@@ -23,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -56,14 +61,18 @@ class OffsetWatch:
     expected: dict[int, int] = field(default_factory=dict)
     filled: int = 0  # records fetched to fill gaps, since start (for metrics and tests)
     stopping: Callable[[], bool] = lambda: False  # the worker is stopping: give up waiting for Kafka
+    # Partitions the consumer had read past the expected offset at the last look: (expected, its position).
+    _behind: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     def forget(self, partitions: Iterable[int] | None = None) -> None:
         """After a rebalance: where a partition resumes is the group's committed offset, asked anew."""
         if partitions is None:
             self.expected.clear()
+            self._behind.clear()
         else:
             for partition in partitions:
                 self.expected.pop(partition, None)
+                self._behind.pop(partition, None)
 
     async def find_gaps(self, offsets: Sequence[tuple[int, int]],
                         processed: Callable[[int], int | None] = lambda partition: None) -> list[Gap]:
@@ -73,17 +82,7 @@ class OffsetWatch:
         it, kept in a table), if known: a committed offset past it means Faust committed records no worker
         saw, and the gap starts right after it.
         """
-        unknown = sorted({partition for partition, _ in offsets if partition not in self.expected})
-        if unknown:
-            starts = await self._until_answered("read the group's committed offsets",
-                                                lambda: self._starting_offsets(unknown))
-            for partition in unknown:
-                done = processed(partition)
-                if done is not None and done + 1 < starts[partition]:
-                    log.warning("partition %d: the group committed offset %d but its workers processed only up "
-                                "to %d", partition, starts[partition], done)
-                    starts[partition] = done + 1
-            self.expected.update(starts)
+        await self._expect({partition for partition, _ in offsets}, processed)
         gaps = []
         for partition, offset in offsets:
             expected = self.expected[partition]
@@ -91,6 +90,43 @@ class OffsetWatch:
                 gaps.append(Gap(partition, expected, offset))
             self.expected[partition] = offset + 1
         return gaps
+
+    async def stalled_tails(self, positions: Mapping[int, int],
+                            processed: Callable[[int], int | None] = lambda partition: None) -> list[Gap]:
+        """Records the consumer has read past (``positions``: its next offset per partition) that never arrived,
+        seen so at two calls in a row; updates the expectations.
+
+        For an idle worker only: then nothing is on its way to the agent, and a partition whose consumer sits
+        past the expected offset, unchanged since the last look, skipped those records at its end, where no
+        later event reveals them (the gaps ``find_gaps`` sees). One look alone could catch records still being
+        handed over.
+        """
+        await self._expect(set(positions), processed)
+        behind = {partition: (self.expected[partition], position) for partition, position in positions.items()
+                  if position > self.expected[partition]}
+        stalled = [Gap(partition, *span) for partition, span in sorted(behind.items())
+                   if self._behind.get(partition) == span]
+        self._behind = {partition: span for partition, span in behind.items()
+                        if all(gap.partition != partition for gap in stalled)}
+        for gap in stalled:
+            self.expected[gap.partition] = gap.end
+        return stalled
+
+    async def _expect(self, partitions: Iterable[int], processed: Callable[[int], int | None]) -> None:
+        """Expectations for ``partitions`` that have none: where the group resumes, or where its workers'
+        own record of progress says, when the group committed past it."""
+        unknown = sorted(partition for partition in partitions if partition not in self.expected)
+        if not unknown:
+            return
+        starts = await self._until_answered("read the group's committed offsets",
+                                            lambda: self._starting_offsets(unknown))
+        for partition in unknown:
+            done = processed(partition)
+            if done is not None and done + 1 < starts[partition]:
+                log.warning("partition %d: the group committed offset %d but its workers processed only up "
+                            "to %d", partition, starts[partition], done)
+                starts[partition] = done + 1
+        self.expected.update(starts)
 
     async def fetch(self, gaps: Sequence[Gap]) -> list[ConsumerRecord]:
         """The records of ``gaps``, read directly from Kafka, in offset order per partition."""

@@ -166,7 +166,7 @@ def progress_key(partition: int) -> bytes:
     return str(partition).encode()
 
 
-def processed_upto(progress: faust.Table, event: Any) -> int | None:
-    """The last offset of ``event``'s partition that a worker of the group recorded as processed."""
-    raw = read_entry(progress, progress_key(event.message.partition), event.message.partition)
+def processed_upto(progress: faust.Table, partition: int) -> int | None:
+    """The last offset of ``partition`` that a worker of the group recorded as processed."""
+    raw = read_entry(progress, progress_key(partition), partition)
     return None if raw is None else int(raw)

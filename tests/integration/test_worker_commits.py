@@ -32,6 +32,7 @@ TASKS = 2000  # three events each: a backlog of thousands of events, several fet
 # long run: the first start restores them while Faust's consumer already fetches the backlog, which is when it
 # skips records.
 KNOWN_DEFINITIONS = 10_000
+TAIL_TASKS = 800  # three events each: about 300 records per partition
 SETUP = {"TC_TREEHERDER_PARTITIONS": "8", "TC_TREEHERDER_STORE": "rocksdb://"}
 
 
@@ -112,12 +113,31 @@ async def test_the_group_commits_to_the_end_of_a_backlog_past_records_the_consum
         await send_events(settings, standin.root_url,
                           [(kind, task_id) for kind in ("pending", "running", "completed") for task_id in task_ids])
         worker_process(**SETUP)
-        # Records Faust skips at the very end of a partition are found only when a later event arrives
-        # (docs/reliability.md): once the group has committed on every partition, one more event on each.
+        # Once the group has committed on every partition, one more event on each: records skipped before
+        # it are then found as it arrives (the next test leaves them to the worker's look at idle partitions).
         await committed_until(settings, lambda seen: len(seen) == settings.partitions, wait=60)
         ends = await send_events(settings, standin.root_url,
                                  [("completed", task_id) for task_id in one_per_partition(settings, task_ids)])
         seen = await committed_until(settings, lambda seen: seen == ends, wait=60)
+
+    log = (tmp_path / "worker-0.log").read_text()
+    skipped = [line for line in log.splitlines() if "were skipped by the consumer" in line]
+    assert seen == ends, f"the group committed {seen} of {ends}; skipped by the consumer: {skipped}"
+
+
+async def test_records_the_consumer_skipped_at_the_end_of_a_partition_are_read_back_without_a_later_event(
+        make_settings, worker_process, tmp_path: Path) -> None:
+    settings = make_settings(**SETUP)
+    await ensure_topics(settings)
+    # A backlog each partition's first fetch holds whole: what Faust skips there is the partition's tail.
+    task_ids = [slugid.nice() for _ in range(TAIL_TASKS)]
+    async with QueueStandIn() as standin:
+        await known_definitions(settings, task_ids)
+        ends = await send_events(settings, standin.root_url,
+                                 [(kind, task_id) for kind in ("pending", "running", "completed")
+                                  for task_id in task_ids])
+        worker_process(**SETUP)
+        seen = await committed_until(settings, lambda seen: seen == ends, wait=90)
 
     log = (tmp_path / "worker-0.log").read_text()
     skipped = [line for line in log.splitlines() if "were skipped by the consumer" in line]

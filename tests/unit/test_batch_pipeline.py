@@ -237,3 +237,28 @@ async def test_close_gives_up_on_a_settle_that_never_ends_and_reports_it():
     # Both stages had work in hand (a batch settling, the next one waiting for room): in the worker, the first
     # report ends the process.
     assert failures and all(isinstance(error, asyncio.CancelledError) for error in failures), failures
+
+
+async def test_a_quiet_pipeline_takes_an_empty_batch_every_idle_spell_but_never_with_one_in_flight():
+    taken: list[list[int]] = []
+    settle_may_finish = asyncio.Event()
+
+    async def prepare(batch: list[int]) -> None:
+        taken.append(batch)
+
+    async def settle(batch: list[int], _: None) -> None:
+        if batch == [0]:
+            await settle_may_finish.wait()
+
+    pipeline = BatchPipeline(prepare, settle, fail, batch_size=4, in_flight=2, idle_every=0.05)
+    pipeline.start()
+    await pipeline.put(0)
+    await asyncio.sleep(0.2)
+    assert taken == [[0]], "no empty batch while [0] waits to be settled"
+    settle_may_finish.set()
+    await asyncio.sleep(0.12)
+    assert taken[0] == [0] and taken[1:] and all(batch == [] for batch in taken[1:])
+    await pipeline.put(1)
+    await asyncio.sleep(0.01)
+    assert taken[-1] == [1], "an event goes as soon as it comes"
+    await pipeline.close()

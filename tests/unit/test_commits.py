@@ -6,7 +6,8 @@ import faust
 from faust.types import TP
 from intervaltree import Interval, IntervalTree
 
-from streams.worker.commits import merge_gaps, merge_gaps_before_commits
+from streams.worker.commits import acknowledge_filled, merge_gaps, merge_gaps_before_commits
+from streams.worker.gaps import Gap
 
 TOPIC_PARTITION = TP("task-events", 3)
 
@@ -53,3 +54,18 @@ async def test_with_merge_gaps_first_the_consumer_commits_the_whole_run() -> Non
     await merge_gaps_before_commits(app)
     await merge_gaps_before_commits(app)  # a second assignment installs nothing more
     assert consumer._new_offset(TOPIC_PARTITION) == 472
+
+
+def test_records_read_back_at_the_end_of_a_partition_are_committed_with_nothing_acknowledged_after_them() -> None:
+    """A partition committed at 188 (everything before was acknowledged and committed), whose records 188-299
+    Faust skipped, and which the worker read back and processed: the next commit is 300."""
+    consumer = faust.App("commits-test", broker="kafka://localhost:1").consumer
+    consumer._committed_offset[TOPIC_PARTITION] = 188
+    acknowledge_filled(consumer, TOPIC_PARTITION.topic, [Gap(TOPIC_PARTITION.partition, 188, 300)])
+    assert consumer._new_offset(TOPIC_PARTITION) == 300
+
+
+def test_records_read_back_are_acknowledged_once_and_never_below_the_commit() -> None:
+    consumer = stalled_consumer()
+    acknowledge_filled(consumer, TOPIC_PARTITION.topic, [Gap(TOPIC_PARTITION.partition, 0, 6)])
+    assert sorted(consumer._acked[TOPIC_PARTITION]) == [1, 2, 3, 4, 5]

@@ -68,3 +68,33 @@ async def test_kafka_away_makes_the_lookup_wait_and_try_again_not_fail(monkeypat
 
 async def _no_sleep(seconds: float) -> None:
     pass
+
+
+async def test_a_tail_the_consumer_read_past_is_a_gap_only_once_two_looks_agree():
+    tracked = watch(p0=5, p1=3, p2=9)
+    assert await tracked.stalled_tails({0: 8, 1: 3, 2: 9}) == [], "one look: the records may be on their way"
+    assert await tracked.stalled_tails({0: 8, 1: 3, 2: 12}) == [Gap(0, 5, 8)]
+    assert tracked.expected == {0: 8, 1: 3, 2: 9}
+    assert await tracked.stalled_tails({0: 8, 1: 3, 2: 12}) == [Gap(2, 9, 12)]
+    assert await tracked.stalled_tails({0: 8, 1: 3, 2: 12}) == [], "each tail is filled once"
+
+
+async def test_events_arriving_between_two_looks_clear_the_suspicion():
+    tracked = watch(p0=5)
+    assert await tracked.stalled_tails({0: 8}) == []
+    assert await tracked.find_gaps([(0, 5), (0, 6), (0, 7)]) == []
+    assert await tracked.stalled_tails({0: 8}) == []
+    assert tracked.expected == {0: 8}
+
+
+async def test_a_rebalance_between_two_looks_starts_the_tail_check_afresh(monkeypatch):
+    tracked = watch(p0=5)
+    assert await tracked.stalled_tails({0: 8}) == []
+    tracked.forget([0])
+
+    async def starting_offsets(self, partitions):
+        return {0: 5}
+
+    monkeypatch.setattr(OffsetWatch, "_starting_offsets", starting_offsets)
+    assert await tracked.stalled_tails({0: 8}) == [], "the look before the rebalance does not count"
+    assert await tracked.stalled_tails({0: 8}) == [Gap(0, 5, 8)]
