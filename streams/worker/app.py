@@ -175,6 +175,7 @@ class Worker:
         writes = BatchWrites(self._unreleased, next(self._serials))
         gaps = await self._skipped_before(batch) if batch else await self._stalled_tails()
         fetched = [_FetchedEvent(record) for record in await self.watch.fetch(gaps)]
+        self.event_processor().counts.read_back += len(fetched)
         sources = [_source_event(self.tables, writes, event) for event in [*fetched, *batch]]
         produced = await self.event_processor().process_batch(sources)
         records = [Outgoing(self.outputs[record.topic], record.key, record.value) for record in produced]

@@ -74,6 +74,7 @@ class Counts:
     rejected_by_stage: Counter[tuple[str, str]] = field(default_factory=Counter)  # (stage, reason class)
     ignored_by_stage: Counter[tuple[str, str]] = field(default_factory=Counter)  # (stage, reason class)
     queue_fetches: int = 0  # definitions and listings fetched (cache misses)
+    read_back: int = 0  # records Faust's consumer skipped, read from Kafka directly (streams/worker/gaps.py)
 
 
 @dataclass(frozen=True, slots=True)

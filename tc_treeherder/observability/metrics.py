@@ -15,6 +15,7 @@ rejected_total{stage,reason}                       events rejected (reason = the
 ignored_total{stage,reason}                        events not meant for Treeherder
 state_guard_suppressed_total                       job messages held back by the state guard
 state_guard_recovered_total                        jobs an earlier pass missed, let out late (state_guard.py)
+records_read_back_total                            records the consumer skipped, read from Kafka directly (gaps.py)
 queue_api_calls_total{call}                        task() and listArtifacts() calls
 queue_api_requests_total / _retries_total          HTTP requests (pages, retries) / retries
 queue_api_errors_total{kind}                       not_found, refused, transient, unavailable
@@ -94,6 +95,8 @@ class WorkerCollector(Collector):
         recovered = _counter("state_guard_recovered", "Jobs below their run's furthest state that an earlier pass "
                              "missed, let out when the log was read again.")
         fetches = _counter("queue_fetches", "Definitions and listings fetched from the Queue API (table misses).")
+        read_back = _counter("records_read_back", "Task events Faust's consumer skipped, which the worker read from "
+                             "Kafka directly and processed (streams/worker/gaps.py).")
         if counts is not None:
             for destination, n in sorted(counts.jobs.items()):
                 jobs.add_metric([destination], n)
@@ -107,11 +110,13 @@ class WorkerCollector(Collector):
             suppressed.add_metric([], counts.suppressed)
             recovered.add_metric([], counts.recovered)
             fetches.add_metric([], counts.queue_fetches)
+            read_back.add_metric([], counts.read_back)
         else:
             suppressed.add_metric([], 0)
             recovered.add_metric([], 0)
             fetches.add_metric([], 0)
-        yield from (jobs, by_state, rejected, ignored, suppressed, recovered, fetches)
+            read_back.add_metric([], 0)
+        yield from (jobs, by_state, rejected, ignored, suppressed, recovered, fetches, read_back)
         yield from queue_metrics(getattr(getattr(processor, "client", None), "stats", None))
 
 

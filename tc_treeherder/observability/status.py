@@ -68,7 +68,7 @@ class Throughput:
 def counts_json(counts: Any) -> dict[str, Any]:
     if counts is None:
         return {"events": 0, "jobs": {}, "states": {}, "rejected": {}, "ignored": {}, "suppressed": 0,
-                "queueFetches": 0}
+                "queueFetches": 0, "readBack": 0}
     return {
         "events": counts.events,
         "jobs": dict(counts.jobs),
@@ -77,6 +77,7 @@ def counts_json(counts: Any) -> dict[str, Any]:
         "ignored": dict(counts.ignored),
         "suppressed": counts.suppressed,
         "queueFetches": counts.queue_fetches,
+        "readBack": counts.read_back,
     }
 
 

@@ -39,6 +39,7 @@ def worker_processor() -> SimpleNamespace:
                                                                                     "running/unknown": 3}),
                     ignored=Counter({"task has no extra.treeherder section": 2}),
                     rejected=Counter({"extra.treeherder.tier": 3}), suppressed=1, recovered=2, queue_fetches=9,
+                    read_back=6,
                     rejected_by_stage=Counter({("config", "extra.treeherder.tier"): 3}),
                     ignored_by_stage=Counter({("config", "task has no extra.treeherder section"): 2}))
     stats = QueueStats(calls=Counter({"task": 5, "listArtifacts": 2}), requests=8, retries=1,
@@ -57,6 +58,7 @@ async def test_worker_counters_become_prometheus_samples() -> None:
                   (("reason", "task has no extra.treeherder section"), ("stage", "config")))] == 2
     assert found[("tc_treeherder_state_guard_suppressed_total", ())] == 1
     assert found[("tc_treeherder_state_guard_recovered_total", ())] == 2
+    assert found[("tc_treeherder_records_read_back_total", ())] == 6
     assert found[("tc_treeherder_queue_api_calls_total", (("call", "listArtifacts"),))] == 2
     assert found[("tc_treeherder_queue_api_errors_total", (("kind", "transient"),))] == 1
     assert found[("tc_treeherder_queue_api_request_seconds_count", ())] == 8
