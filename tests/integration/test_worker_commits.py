@@ -103,16 +103,29 @@ async def committed_until(settings: Settings, done: Any, wait: float) -> dict[in
     return seen
 
 
+async def worker_on_backlog(settings: Settings, worker_process: Any, root_url: str,
+                            task_ids: list[str]) -> dict[int, int]:
+    """A worker started on a backlog of three events per task, with ``KNOWN_DEFINITIONS`` to restore first
+    (Faust's skip window); the topic's end offsets after the backlog."""
+    await known_definitions(settings, task_ids)
+    ends = await send_events(settings, root_url, [(kind, task_id) for kind in ("pending", "running", "completed")
+                                                  for task_id in task_ids])
+    worker_process(**SETUP)
+    return ends
+
+
+def skipped_lines(tmp_path: Path) -> list[str]:
+    log = (tmp_path / "worker-0.log").read_text()
+    return [line for line in log.splitlines() if "were skipped by the consumer" in line]
+
+
 async def test_the_group_commits_to_the_end_of_a_backlog_past_records_the_consumer_skipped(
         make_settings, worker_process, tmp_path: Path) -> None:
     settings = make_settings(**SETUP)
     await ensure_topics(settings)
     task_ids = [slugid.nice() for _ in range(TASKS)]
     async with QueueStandIn() as standin:
-        await known_definitions(settings, task_ids)
-        await send_events(settings, standin.root_url,
-                          [(kind, task_id) for kind in ("pending", "running", "completed") for task_id in task_ids])
-        worker_process(**SETUP)
+        await worker_on_backlog(settings, worker_process, standin.root_url, task_ids)
         # Once the group has committed on every partition, one more event on each: records skipped before
         # it are then found as it arrives (the next test leaves them to the worker's look at idle partitions).
         await committed_until(settings, lambda seen: len(seen) == settings.partitions, wait=60)
@@ -120,9 +133,7 @@ async def test_the_group_commits_to_the_end_of_a_backlog_past_records_the_consum
                                  [("completed", task_id) for task_id in one_per_partition(settings, task_ids)])
         seen = await committed_until(settings, lambda seen: seen == ends, wait=60)
 
-    log = (tmp_path / "worker-0.log").read_text()
-    skipped = [line for line in log.splitlines() if "were skipped by the consumer" in line]
-    assert seen == ends, f"the group committed {seen} of {ends}; skipped by the consumer: {skipped}"
+    assert seen == ends, f"the group committed {seen} of {ends}; skipped by the consumer: {skipped_lines(tmp_path)}"
 
 
 async def test_records_the_consumer_skipped_at_the_end_of_a_partition_are_read_back_without_a_later_event(
@@ -132,13 +143,7 @@ async def test_records_the_consumer_skipped_at_the_end_of_a_partition_are_read_b
     # A backlog each partition's first fetch holds whole: what Faust skips there is the partition's tail.
     task_ids = [slugid.nice() for _ in range(TAIL_TASKS)]
     async with QueueStandIn() as standin:
-        await known_definitions(settings, task_ids)
-        ends = await send_events(settings, standin.root_url,
-                                 [(kind, task_id) for kind in ("pending", "running", "completed")
-                                  for task_id in task_ids])
-        worker_process(**SETUP)
+        ends = await worker_on_backlog(settings, worker_process, standin.root_url, task_ids)
         seen = await committed_until(settings, lambda seen: seen == ends, wait=90)
 
-    log = (tmp_path / "worker-0.log").read_text()
-    skipped = [line for line in log.splitlines() if "were skipped by the consumer" in line]
-    assert seen == ends, f"the group committed {seen} of {ends}; skipped by the consumer: {skipped}"
+    assert seen == ends, f"the group committed {seen} of {ends}; skipped by the consumer: {skipped_lines(tmp_path)}"
