@@ -15,7 +15,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from connectors.pulse_source import PulseSource
+from connectors.pulse_source import ACK_EVERY, PulseSource
 from streams.shared import records
 from streams.shared.settings import Settings
 from streams.shared.topics import ensure_topics
@@ -45,8 +45,10 @@ def primary_key(task_id: str) -> str:
     return f"primary.{task_id}.0._._.proj-gecko.b-linux.gecko-level-1.Wq6Ss-e0S3mSxWs5NPtgXg._"
 
 
-async def publish(settings: Settings, messages: Iterable[tuple[str, str, bytes, list[str]]]) -> None:
-    """Publish (kind, routing key, body, CC routes) to the task exchanges, confirmed, as the Queue does."""
+async def publish(settings: Settings, messages: Iterable[tuple[str, str, bytes, list[str]]],
+                  every: float = 0.0) -> None:
+    """Publish (kind, routing key, body, CC routes) to the task exchanges, confirmed, as the Queue does;
+    ``every`` seconds apart when given."""
     connection = await aio_pika.connect(settings.pulse_url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
@@ -59,6 +61,8 @@ async def publish(settings: Settings, messages: Iterable[tuple[str, str, bytes, 
             message = aio_pika.Message(body, content_type="application/json", headers={"CC": routes},
                                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
             confirms.append(asyncio.create_task(exchanges[kind].publish(message, routing_key=routing_key)))
+            if every:
+                await asyncio.sleep(every)
             if len(confirms) >= 500:  # many in flight, in publish order
                 await asyncio.gather(*confirms)
                 confirms.clear()
@@ -267,3 +271,26 @@ async def test_a_prefix_taken_out_of_the_configuration_is_unbound_and_stops_arri
             ("pending", primary_key(kept), orjson.dumps(task_body(kept)), production_route)])
         events = await read_topic(production_only, production_only.topic("task-events"), count=2)
     assert [key for key, _ in events] == [before.encode(), kept.encode()]  # the staging task never arrived
+
+
+async def test_a_steady_trickle_is_acknowledged_in_gathered_frames_and_all_of_it(settings: Settings) -> None:
+    """At moderate rates each Kafka batch holds a message or two, and acknowledging each batch cost RabbitMQ
+    an ack frame per message or two. Acknowledgements now gather for ``ACK_EVERY`` while the window has room."""
+    await ensure_topics(settings)
+    route = [f"route.tc-treeherder.v2.try.{REVISION}"]
+    tasks = [f"S{i:03d}aaaaaaaaaaaaaaaaaaa"[:22] for i in range(300)]
+    async with running_source(settings) as source:
+        started = asyncio.get_running_loop().time()
+        await publish(settings, [("pending", primary_key(t), orjson.dumps(task_body(t)), route) for t in tasks],
+                      every=0.002)
+        spread = asyncio.get_running_loop().time() - started
+        await read_topic(settings, settings.topic("task-events"), count=len(tasks))
+        for _ in range(100):
+            if source.counts.acked == len(tasks):
+                break
+            await asyncio.sleep(0.1)
+        assert (await queue_depth(settings))[0] == 0
+
+    assert source.counts.acked == len(tasks)
+    # At most one acknowledgement per ACK_EVERY while they came, and a last one.
+    assert source.counts.ack_frames <= spread / ACK_EVERY + 2, (source.counts.ack_frames, spread)
