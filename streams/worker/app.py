@@ -203,8 +203,11 @@ class Worker:
                     position = await consumer.position(tp)
                     if position is not None:
                         positions[tp.partition] = position
-        except KafkaError as error:  # a partition revoked under the look: the next look starts afresh
-            log.debug("no look at the partitions' ends this time: %s: %s", type(error).__name__, error)
+        except Exception as error:
+            # A look that fails (a partition revoked under it, the consumer closing) changes nothing, and the
+            # next one starts afresh: it must never end the worker, as a failing batch would.
+            log.log(logging.DEBUG if isinstance(error, KafkaError) or self.app.should_stop else logging.WARNING,
+                    "no look at the partitions' ends this time: %s: %s", type(error).__name__, error)
             return []
         return await self.watch.stalled_tails(positions, processed=self._processed)
 
