@@ -256,7 +256,7 @@ async def test_a_quiet_pipeline_takes_an_empty_batch_every_idle_spell_but_never_
     await asyncio.sleep(0.2)
     assert taken == [[0]], "no empty batch while [0] waits to be settled"
     settle_may_finish.set()
-    await asyncio.sleep(0.12)
+    await asyncio.sleep(0.3)
     assert taken[0] == [0] and taken[1:] and all(batch == [] for batch in taken[1:])
     await pipeline.put(1)
     await asyncio.sleep(0.01)
