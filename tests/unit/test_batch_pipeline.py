@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
@@ -17,6 +17,21 @@ class Stopped(Exception):
 
 def fail(error: BaseException) -> NoReturn:
     raise Stopped(repr(error))
+
+
+def first_batch_held() -> tuple[list[list[int]], asyncio.Event, Any, Any]:
+    """Stages that record each batch taken, and hold the batch ``[0]`` in settle until the event is set."""
+    taken: list[list[int]] = []
+    settle_may_finish = asyncio.Event()
+
+    async def prepare(batch: list[int]) -> None:
+        taken.append(batch)
+
+    async def settle(batch: list[int], _: None) -> None:
+        if batch == [0]:
+            await settle_may_finish.wait()
+
+    return taken, settle_may_finish, prepare, settle
 
 
 async def test_inbox_hands_over_everything_waiting_up_to_the_batch_size_in_order():
@@ -158,16 +173,7 @@ async def test_close_of_an_idle_pipeline_returns_at_once():
 
 
 async def test_while_a_batch_is_in_flight_the_next_waits_until_it_is_full_or_that_batch_is_settled():
-    taken: list[list[int]] = []
-    settle_may_finish = asyncio.Event()
-
-    async def prepare(batch: list[int]) -> None:
-        taken.append(batch)
-
-    async def settle(batch: list[int], _: None) -> None:
-        if batch == [0]:
-            await settle_may_finish.wait()
-
+    taken, settle_may_finish, prepare, settle = first_batch_held()
     pipeline = BatchPipeline(prepare, settle, fail, batch_size=4, in_flight=2)
     pipeline.start()
     await pipeline.put(0)
@@ -240,16 +246,7 @@ async def test_close_gives_up_on_a_settle_that_never_ends_and_reports_it():
 
 
 async def test_a_quiet_pipeline_takes_an_empty_batch_every_idle_spell_but_never_with_one_in_flight():
-    taken: list[list[int]] = []
-    settle_may_finish = asyncio.Event()
-
-    async def prepare(batch: list[int]) -> None:
-        taken.append(batch)
-
-    async def settle(batch: list[int], _: None) -> None:
-        if batch == [0]:
-            await settle_may_finish.wait()
-
+    taken, settle_may_finish, prepare, settle = first_batch_held()
     pipeline = BatchPipeline(prepare, settle, fail, batch_size=4, in_flight=2, idle_every=0.05)
     pipeline.start()
     await pipeline.put(0)
