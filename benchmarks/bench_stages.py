@@ -34,7 +34,7 @@ from benchmarks.bench_data import StageData, partition_of
 from benchmarks.faust_floor import OUTPUT as FLOOR_OUTPUT
 from connectors.pulse_sink import PulseSink
 from connectors.pulse_source import PulseSource
-from devtools.harness import terminate
+from devtools.harness import end_offsets, terminate
 from devtools.publisher import PulsePublisher
 from streams.shared.settings import Settings
 from streams.shared.topics import changelog_topic, ensure_topics
@@ -285,16 +285,6 @@ class OutputWatch:
 
     def done(self, target: dict[int, int]) -> int:
         return sum(min(self.covered.get(p, 0), end) - self.base.get(p, 0) for p, end in target.items())
-
-
-async def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in range(settings.partitions)]
-        return {tp.partition: end for tp, end in (await consumer.end_offsets(partitions)).items()}
-    finally:
-        await consumer.stop()
 
 
 def start_process(command: str, env: dict[str, str], log_path: Path,

@@ -26,6 +26,7 @@ from typing import IO, Any
 import aio_pika
 import orjson
 import slugid
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import KafkaError
@@ -270,6 +271,17 @@ class JobObserver:
             with contextlib.suppress(aio_pika.exceptions.AMQPError, OSError):
                 await connection.close()
         self._connections.clear()
+
+
+async def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """Each partition's end offset (the offset the next record will get) of ``topic``."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        return {tp.partition: end for tp, end in (await consumer.end_offsets(partitions)).items()}
+    finally:
+        await consumer.stop()
 
 
 async def group_assignments(bootstrap: str, group: str) -> dict[str, dict[str, set[int]]]:

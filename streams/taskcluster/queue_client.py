@@ -185,13 +185,10 @@ class QueueClient:
     # Internals
 
     def _queue(self, root_url: str) -> taskcluster.aio.Queue:
+        """Taskcluster's client for ``root_url``, for its URLs only: ``_get`` sends the requests."""
         queue = self._queues.get(root_url)
         if queue is None:
-            if self._session is None:
-                self._session = aiohttp.ClientSession()
-                self._owns_session = True
-            queue = taskcluster.aio.Queue({"rootUrl": root_url, "maxRetries": 0}, session=self._session)
-            self._queues[root_url] = queue
+            queue = self._queues[root_url] = taskcluster.aio.Queue({"rootUrl": root_url})
         return queue
 
     def _delay_cap(self, retry: int) -> float:

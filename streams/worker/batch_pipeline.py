@@ -87,15 +87,13 @@ class BatchPipeline(Generic[E, F]):
         taken at least ``linger`` seconds ago, else once both are true. An empty one after ``idle_every``
         seconds without an event, once nothing is in flight."""
         loop = asyncio.get_running_loop()
-        if self._idle_every is not None:
-            while not len(self.inbox):
-                try:
-                    await asyncio.wait_for(self.inbox.wait_for(1), self._idle_every)
-                except TimeoutError:
-                    if not self._unsettled:
-                        self._unsettled += 1
-                        return []
-        await self.inbox.wait_for(1)
+        while not len(self.inbox):
+            try:
+                await asyncio.wait_for(self.inbox.wait_for(1), self._idle_every)  # None: no limit
+            except TimeoutError:
+                if not self._unsettled:
+                    self._unsettled += 1
+                    return []
         while len(self.inbox) < self.batch_size:
             pause = self._last_take + self._linger - loop.time()
             if not self._unsettled and pause <= 0:

@@ -17,12 +17,13 @@ from typing import Any
 
 import orjson
 import slugid
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupCoordinatorNotAvailableError
 from aiokafka.partitioner import DefaultPartitioner
 
 from devtools.factories import make_envelope, make_event, make_task
+from devtools.harness import end_offsets
 from devtools.queue_standin import QueueStandIn
 from streams.shared.settings import Settings
 from streams.shared.topics import changelog_topic, ensure_topics
@@ -48,13 +49,7 @@ async def send_events(settings: Settings, root_url: str, events: list[tuple[str,
         await asyncio.gather(*sent)
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, partition) for partition in range(settings.partitions)]
-        return {tp.partition: end for tp, end in (await consumer.end_offsets(tps)).items()}
-    finally:
-        await consumer.stop()
+    return await end_offsets(settings, topic)
 
 
 def one_per_partition(settings: Settings, task_ids: list[str]) -> list[str]:
